@@ -1,0 +1,139 @@
+"""NumPy optimizers with *Deep Learning from Scratch*'s interface: `opt.update(params, grads)`.
+
+    >>> import numpy as np, optimlab.numpy as onp
+    >>> params = {"W": np.ones(3)}
+    >>> opt = onp.Adam(lr=0.1)
+    >>> opt.update(params, {"W": np.array([1.0, -2.0, 0.5])})   # params["W"] is updated in place
+    >>> opt.state["W"]["exp_avg"]                                # state is inspectable, PyTorch's names
+
+`params`/`grads` are dicts of arrays (matched by key) or lists of arrays (matched by position). Every rule
+comes from `optimlab.rules`, so these optimizers compute exactly what the PyTorch ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..rules import OPTIMIZERS, Rule, lookup
+
+
+class Optimizer:
+    """Base class: holds one rule, its validated hyperparameters, and per-array state."""
+
+    optimizer_name: str = ""
+    default_lr: float = 0.01
+
+    def __init__(self, lr: float | None = None, **hyperparameters: Any) -> None:
+        rule, overrides = lookup(self.optimizer_name)
+        self.rule: Rule = rule
+        settings = {**overrides, **hyperparameters, "lr": self.default_lr if lr is None else lr}
+        self.hyperparameters: dict[str, Any] = rule.defaults(**settings)
+        self.state: dict[Any, dict[str, Any]] = {}
+
+    def update(self, params: Mapping[Any, np.ndarray] | Sequence[np.ndarray],
+               grads: Mapping[Any, np.ndarray] | Sequence[np.ndarray]) -> None:
+        """Apply one step to every array in `params`, in place."""
+        for key, param, grad in _pairs(params, grads):
+            state = self.state.get(key)
+            if state is None:
+                state = self.state[key] = self._initial_state(param)
+            step = state["step"] + 1
+            tensors = {name: state[name] for name in self.rule.active_state(self.hyperparameters)}
+            new_param, new_state = self.rule.step(param, grad, tensors, step, self.hyperparameters)
+            param[...] = new_param
+            for name, value in new_state.items():
+                state[name][...] = value
+            state["step"] = step
+
+    def _initial_state(self, param: np.ndarray) -> dict[str, Any]:
+        state: dict[str, Any] = {"step": 0}
+        for name in self.rule.active_state(self.hyperparameters):
+            state[name] = np.full_like(param, self.rule.initial_state(name, self.hyperparameters))
+        return state
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters.items())
+        return f"{type(self).__name__}({settings})"
+
+
+def _pairs(params, grads):
+    if isinstance(params, Mapping):
+        if not isinstance(grads, Mapping):
+            raise TypeError("params is a dict, so grads must be a dict with the same keys")
+        missing = [key for key in params if key not in grads]
+        if missing:
+            raise KeyError(f"grads has no entry for param(s) {missing}")
+        items = [(key, params[key], grads[key]) for key in params]
+    else:
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"Invalid grads: {len(grads)} arrays for {len(params)} params")
+        items = [(index, param, grad) for index, (param, grad) in enumerate(zip(params, grads))]
+    for key, param, grad in items:
+        if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
+            raise TypeError(f"param {key!r} must be a floating-point NumPy array, got {type(param).__name__}"
+                            f"{'' if not isinstance(param, np.ndarray) else ' of ' + str(param.dtype)}")
+        if np.shape(grad) != param.shape:
+            raise ValueError(f"Invalid grad for {key!r}: shape {np.shape(grad)} != param shape {param.shape}")
+    return items
+
+
+class SGD(Optimizer):
+    """θ ← θ − η g."""
+
+    optimizer_name = "sgd"
+
+
+class Momentum(Optimizer):
+    """Heavy ball: b ← γ b + g, θ ← θ − η b (γ = `momentum`, 0.9)."""
+
+    optimizer_name = "momentum"
+
+
+class Nesterov(Optimizer):
+    """Nesterov momentum (PyTorch's form): θ ← θ − η (g + γ b)."""
+
+    optimizer_name = "nesterov"
+
+
+class AdaGrad(Optimizer):
+    """h ← h + g², θ ← θ − η g / (√(h + eps_root) + eps)."""
+
+    optimizer_name = "adagrad"
+
+
+class RMSprop(Optimizer):
+    """s ← ρ s + (1 − ρ) g², θ ← θ − η g / (√(s + eps_root) + eps) (ρ = `alpha`, 0.99)."""
+
+    optimizer_name = "rmsprop"
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; `amsgrad`, L2 `weight_decay`, `maximize`, `eps_root` supported."""
+
+    optimizer_name = "adam"
+    default_lr = 0.001
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay θ ← θ (1 − ηλ), λ = 0.01."""
+
+    optimizer_name = "adamw"
+    default_lr = 0.001
+
+
+_CLASSES: dict[str, type[Optimizer]] = {cls.optimizer_name: cls for cls in
+                                         (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW)}
+assert set(_CLASSES) == set(OPTIMIZERS)
+
+
+def create(name: str, **hyperparameters: Any) -> Optimizer:
+    """An optimizer by name: `create("adam", lr=0.1)`; names are those of `optimlab.rules.OPTIMIZERS`."""
+    lookup(name)
+    return _CLASSES[name.lower()](**hyperparameters)
+
+
+__all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSprop", "create"]
