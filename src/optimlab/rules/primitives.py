@@ -2,8 +2,11 @@
 
 Rules are written with plain arithmetic so that one function evaluates on NumPy arrays, PyTorch tensors,
 Python floats and, once compiled, inside Numba and Triton kernels. Arithmetic operators mean the same thing
-everywhere; these do not, so each backend rebinds the names in `NATIVE` (see `Rule.specialize`) and
-recompiles the helpers in `HELPERS`, which are themselves plain arithmetic over the natives.
+everywhere; these three elementwise operations do not, so each backend rebinds the names in `NATIVE` (see
+`Rule.specialize`) and recompiles the helpers in `HELPERS`, which are plain arithmetic over the natives.
+
+Branches in a rule (`if maximize:`, `if amsgrad:`, `if momentum > 0:`) test *structural* hyperparameters,
+which are scalars; continuous ones (lr, betas, eps, ...) may be arrays, so a sweep can broadcast them.
 
 The generic versions below dispatch on the argument's type so that the rules run unchanged on
 NumPy, PyTorch and Python scalars.
@@ -41,12 +44,23 @@ def maximum(a, b):
 def lerp(start, end, weight):
     """`start + weight * (end - start)`, evaluated as `torch.lerp` does.
 
-    PyTorch switches to the second form for |weight| >= 0.5 so that weight = 1 returns `end` exactly;
-    following it keeps our results bit-compatible with `torch.optim`'s `exp_avg.lerp_(grad, 1 - beta1)`.
+    PyTorch switches to `end - (end - start) * (1 - weight)` where |weight| >= 0.5, so that weight = 1
+    returns `end` exactly; following it keeps results bit-compatible with `torch.optim`'s
+    `exp_avg.lerp_(grad, 1 - beta1)`. `weight` may be an array (a vectorized sweep over β): the choice is
+    then made per element.
     """
-    if weight < 0.5 and weight > -0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+    if isinstance(weight, (int, float)):
+        if -0.5 < weight < 0.5:
+            return start + weight * (end - start)
+        return end - (end - start) * (1 - weight)
+    if hasattr(start, "lerp"):  # torch.Tensor
+        import torch
+
+        return torch.lerp(start, end, weight)
+    import numpy
+
+    small = numpy.abs(weight) < 0.5
+    return numpy.where(small, start + weight * (end - start), end - (end - start) * (1 - weight))
 
 
 def regularized_gradient(param, grad, weight_decay, maximize):
@@ -58,7 +72,8 @@ def regularized_gradient(param, grad, weight_decay, maximize):
     return grad
 
 
-#: Names a backend must provide natively (e.g. `math.sqrt` for Numba, `tl.sqrt` for Triton).
-NATIVE = ("sqrt", "maximum")
+#: Names a backend must provide natively, each an elementwise operation on its own scalars or blocks
+#: (e.g. `math.sqrt` for Numba, `tl.sqrt` for Triton). Their meaning is fixed by the generic versions above.
+NATIVE = ("sqrt", "maximum", "lerp")
 #: Plain-arithmetic helpers a backend recompiles with its natives bound.
-HELPERS = {"lerp": lerp, "regularized_gradient": regularized_gradient}
+HELPERS = {"regularized_gradient": regularized_gradient}
