@@ -20,6 +20,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _group() -> None:
+    """optimlab: optimizers written once — trace them, race them, plot them."""
+
+
 console = Console()
 error_console = Console(stderr=True)
 

@@ -71,7 +71,7 @@ def _pairs(params, grads):
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
             raise ValueError(f"Invalid grads: {len(grads)} arrays for {len(params)} params")
-        items = [(index, param, grad) for index, (param, grad) in enumerate(zip(params, grads))]
+        items = [(index, param, grad) for index, (param, grad) in enumerate(zip(params, grads, strict=True))]
     for key, param, grad in items:
         if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
             raise TypeError(f"param {key!r} must be a floating-point NumPy array, got {type(param).__name__}"

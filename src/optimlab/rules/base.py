@@ -66,7 +66,8 @@ class Rule:
         arguments = [state[name] if name in active else None for name in self.state_names]
         new_param, *new_state = self.update(param, grad, *arguments,
                                             *(coefficients[name] for name in self.coefficient_names))
-        return new_param, {name: value for name, value in zip(self.state_names, new_state) if name in active}
+        updated = zip(self.state_names, new_state, strict=True)
+        return new_param, {name: value for name, value in updated if name in active}
 
     def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f) -> Any:
         """`update` re-bound to a backend's natives and wrapped (e.g. by `numba.njit` or `triton.jit`).
