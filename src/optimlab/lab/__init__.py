@@ -7,6 +7,6 @@
 from __future__ import annotations
 
 from .surfaces import SURFACES, Surface, lookup_surface
-from .sweep import Run, Sweep, best_lr, run, sweep
+from .sweep import Descent, Run, Sweep, best_lr, descend, run, sweep
 
-__all__ = ["SURFACES", "Run", "Surface", "Sweep", "best_lr", "lookup_surface", "run", "sweep"]
+__all__ = ["SURFACES", "Descent", "Run", "Surface", "Sweep", "best_lr", "descend", "lookup_surface", "run", "sweep"]

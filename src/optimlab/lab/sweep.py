@@ -24,7 +24,7 @@ hyperparameters a rule branches on (`weight_decay`, RMSProp's `momentum`) must b
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +96,19 @@ class Sweep:
                    {name: values[:, index] for name, values in self.trace.items()})
 
     def score(self) -> np.ndarray:
-        """Mean of f(x_t) − f* over t = 1..T per config (f* = 0 without a minimum); `inf` where it diverged.
+        """Mean of f(x_t) − f* over t = 1..T per config (f* = 0 without a minimum); lower is better.
 
-        Averaging over the whole path rewards getting there fast, not only ending low.
+        Averaging over the whole path rewards getting there fast, not only ending low. A config scores `inf`
+        where f overflowed or the path left the surface's plotting box widened by its own size on each side
+        (which also keeps a surface unbounded below, like the saddle, from rewarding the largest lr).
         """
         floor = self.surface.minimum_value or 0.0
+        low, high = np.array(self.surface.bounds, dtype=np.float64).T
+        width = high - low
         with np.errstate(all="ignore"):
             score = np.mean(self.loss[1:] - floor, axis=0)
-        return np.where(np.isfinite(score), score, np.inf)
+            inside = np.all((self.path >= low - width) & (self.path <= high + width), axis=(0, 2))
+        return np.where(np.isfinite(score) & inside, score, np.inf)
 
     def best(self) -> int:
         """Index of the configuration with the lowest `score` (the first one on ties)."""
@@ -119,13 +124,39 @@ def sweep(surface: Surface | str, optimizer: str, hyperparameters: Mapping[str, 
     With `record_trace`, `Sweep.trace` holds the per-step quantities of `Run.trace`.
     """
     surface = lookup_surface(surface) if isinstance(surface, str) else surface
-    rule, overrides = lookup(optimizer)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"Invalid steps: {steps!r} (must be a whole number >= 1)")
     start_point = np.asarray(surface.start if start is None else start, dtype=np.float64)
     if start_point.shape != (surface.dim,) or not np.all(np.isfinite(start_point)):
         raise ValueError(f"Invalid start: {np.asarray(start).tolist()} (expected {surface.dim} finite "
                          f"coordinate(s) for {surface.name})")
+    batch = descend(optimizer, hyperparameters, start_point, lambda t, point: surface.gradient(point), steps,
+                    record_trace)
+    with np.errstate(all="ignore"):  # a diverging lr is a result of the sweep, not an error
+        loss = surface.value(batch.path)
+    return Sweep(surface, batch.optimizer, batch.hyperparameters, batch.varied, batch.path, loss, batch.trace)
+
+
+@dataclass(frozen=True)
+class Descent:
+    """What `descend` returns: the validated `hyperparameters` (varied ones as 1-D arrays, see `Sweep`), the
+    `varied` names, `path` of shape (steps + 1, n_configs, dim) and the per-step `trace` (if recorded)."""
+
+    optimizer: str
+    hyperparameters: dict[str, Any]
+    varied: tuple[str, ...]
+    path: np.ndarray
+    trace: dict[str, np.ndarray]
+
+
+def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Sequence[float] | np.ndarray,
+            gradient: Callable[[int, np.ndarray], np.ndarray], steps: int, record_trace: bool = False) -> Descent:
+    """The engine under `sweep`: every configuration from `start` along `gradient(t, points)`, all at once.
+
+    `gradient` receives the step t (from 1) and the points, shape (n_configs, dim), and returns the gradients
+    in the same shape — so a stochastic objective can pick step t's sample (see `lab.sparse`).
+    """
+    rule, overrides = lookup(optimizer)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"Invalid steps: {steps!r} (must be a whole number >= 1)")
     requested = {**overrides, **(hyperparameters or {})}
     n_configs, varied = _count_configs(rule, requested)
     settings = [rule.defaults(**{name: _pick(value, index) for name, value in requested.items()})
@@ -134,15 +165,15 @@ def sweep(surface: Surface | str, optimizer: str, hyperparameters: Mapping[str, 
                  for name in settings[0]}
     columns = {name: _as_array(value) for name, value in validated.items()}
 
-    point = np.broadcast_to(start_point, (n_configs, surface.dim)).copy()
+    point = np.broadcast_to(np.asarray(start, dtype=np.float64), (n_configs, len(start))).copy()
     state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
              for name in rule.active_state(columns)}
-    path = np.empty((steps + 1, n_configs, surface.dim))
+    path = np.empty((steps + 1, *point.shape))
     path[0] = point
     trace: dict[str, np.ndarray] = {}
     with np.errstate(all="ignore"):  # a diverging lr is a result of the sweep, not an error
         for t in range(1, steps + 1):
-            grad = surface.gradient(point)
+            grad = gradient(t, point)
             try:
                 point, state = rule.step(point, grad, state, t, columns)
             except ValueError as error:
@@ -153,10 +184,9 @@ def sweep(surface: Surface | str, optimizer: str, hyperparameters: Mapping[str, 
             path[t] = point
             if record_trace:
                 _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns)}, point.shape)
-        loss = surface.value(path)
     if record_trace:
         trace["update"] = np.diff(path, axis=0)
-    return Sweep(surface, optimizer.lower(), validated, varied, path, loss, trace)
+    return Descent(optimizer.lower(), validated, varied, path, trace)
 
 
 def run(surface: Surface | str, optimizer: str, hyperparameters: Mapping[str, Any] | None = None,
@@ -254,4 +284,4 @@ def _record(trace: dict[str, np.ndarray], t: int, steps: int, quantities: Mappin
         trace[name][t - 1] = np.broadcast_to(value, shape)
 
 
-__all__ = ["Run", "Sweep", "best_lr", "run", "sweep"]
+__all__ = ["Descent", "Run", "Sweep", "best_lr", "descend", "run", "sweep"]
