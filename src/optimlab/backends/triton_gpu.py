@@ -1,0 +1,314 @@
+"""The GPU backend: one Triton kernel per rule, compiled from the rule's own function.
+
+`rule.specialize(natives, triton.jit)` turns the rule's `update` into a Triton device function (the same
+source, with `sqrt`, `maximum` and `lerp` bound to the Triton versions below); a small generated kernel
+loads each element's param, gradient and state, calls it, and stores the results. There is no second copy
+of the math: the generated kernel is plumbing derived from the rule's signature (its state and
+coefficient names).
+
+One launch covers every tensor of a param group (per dtype combination). The kernel reads a metadata
+table, one int64 tensor per launch:
+
+    [numel × n | param addresses × n | grad addresses × n | one row of addresses per active state × n |
+     tensor of each block × total_blocks | index of each block within its tensor × total_blocks]
+
+Program `pid` looks up which tensor and which BLOCK-sized chunk of it it owns, turns the addresses into
+typed pointers (`int64 → tl.pointer_type`) and runs the rule on that chunk, so 10,000 small tensors cost
+one launch, and a 38M-element embedding next to 768-element biases wastes no programs. The table is
+rebuilt on the host only when an address or size changes (it is compared, not trusted).
+
+Precision: every element is computed in float32 whatever the storage (fp32, fp16, bf16 params; state in
+the param's dtype or a lower `state_dtype`), and stored rounded to nearest-even. Structural
+hyperparameters (Python bools such as `amsgrad`, `maximize`, `first_step`) are `tl.constexpr`, so their
+branches compile away; continuous ones are runtime float32 arguments, and 0-dim tensor coefficients
+(a tensor `lr`) and `grad_scale` are passed as pointers and loaded in the kernel: changing them neither
+recompiles nor syncs with the host. An optional `found_inf` tensor (AMP) skips the whole update on the
+device when it is non-zero.
+
+Under `TRITON_INTERPRET=1` Triton's interpreter runs the same kernels on CPU tensors (addresses are real
+host addresses there), which is how the test suite checks this backend on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..rules import Rule
+from ..rules.base import rebind
+from . import register
+
+if TYPE_CHECKING:
+    import triton.language as tl
+
+#: Elements per program for groups of mostly small tensors and for large ones (with their warp counts).
+SMALL_BLOCK, SMALL_WARPS = 1024, 4
+LARGE_BLOCK, LARGE_WARPS = 4096, 8
+#: Groups whose mean tensor has at least this many elements use LARGE_BLOCK.
+LARGE_TENSOR = 65536
+
+
+# --- the natives a rule's `sqrt`, `maximum`, `lerp` mean inside a Triton kernel -----------------------------
+# Plain functions over `tl`, compiled with `triton.jit` once triton is imported (see `_natives`).
+
+def sqrt(x):
+    """Correctly rounded square root, as `torch.sqrt` (`tl.sqrt` may use the approximate instruction)."""
+    return tl.sqrt_rn(x)
+
+
+def maximum(a, b):
+    """Elementwise maximum that propagates NaN, as `torch.maximum`."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+def lerp(start, end, weight):
+    """`torch.lerp`'s formula: `end - (end - start) * (1 - weight)` where |weight| >= 0.5 (see primitives.lerp)."""
+    return tl.where(tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _triton() -> Any:
+    """The `triton` module, or None when it is not installed (the `optimlab[gpu]` extra)."""
+    try:
+        import triton
+        import triton.language  # noqa: F401 (binds triton.language)
+    except ImportError:
+        return None
+    return triton
+
+
+def _natives(triton: Any) -> dict[str, Any]:
+    namespace = {"tl": triton.language}
+    natives = {name: triton.jit(rebind(function, namespace))
+               for name, function in (("sqrt", sqrt), ("maximum", maximum), ("lerp", lerp))}
+    return {**natives, **namespace}  # `tl` too: the interpreter looks for it in a jitted function's globals
+
+
+# --- the generated kernel ----------------------------------------------------------------------------------
+
+_TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64",
+              "bool": "tl.int1"}
+
+
+def _tl_dtype(dtype: Any) -> str:
+    return _TL_DTYPES[str(dtype).removeprefix("torch.")]
+
+
+def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str], dtypes: tuple[str, ...],
+                   grad_scale: str, found_inf: bool, aligned: bool) -> str:
+    """Python source of the kernel for one rule and one configuration.
+
+    `kinds[c]` says how coefficient `c` arrives: "constexpr" (a structural bool), "value" (a float32
+    argument) or "pointer" (a 0-dim tensor loaded in the kernel); `grad_scale` is one of those or "none".
+    `dtypes` are the Triton dtypes of param, grad and each active state.
+    """
+    slots = ("param", "grad", *active)
+    arguments = ["meta", "n_tensors", "total_blocks"]
+    prologue = []
+    for name in (*rule.coefficient_names, "grad_scale"):
+        kind = grad_scale if name == "grad_scale" else kinds[name]
+        if kind == "constexpr":
+            arguments.append(f"{name}: tl.constexpr")
+        elif kind == "value":
+            arguments.append(name)
+        elif kind == "pointer":
+            arguments.append(f"{name}_pointer")
+            prologue.append(f"    {name} = tl.load({name}_pointer).to(tl.float32)")
+        elif kind == "bool_pointer":
+            arguments.append(f"{name}_pointer")
+            prologue.append(f"    {name} = tl.load({name}_pointer) != 0")
+    if found_inf:
+        arguments.append("found_inf_pointer")
+    arguments.append("BLOCK: tl.constexpr")
+
+    def chunk(masked: bool) -> list[str]:
+        """Load, update, store one chunk (masked for the last chunk of a tensor)."""
+        mask = ", mask=mask" if masked else ""
+        lines = ["mask = offsets < numel"] if masked else []
+        for slot in slots:
+            lines.append(f"{slot} = tl.load({slot}_pointer + offsets{mask}).to(tl.float32)")
+        if grad_scale != "none":
+            lines.append("grad = grad / grad_scale")
+        state_arguments = [name if name in active else "tl.zeros([BLOCK], dtype=tl.float32)"
+                           for name in rule.state_names]
+        results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
+        call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
+        lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
+        for slot, dtype in zip(slots, dtypes, strict=True):
+            if slot != "grad":
+                lines.append(f"tl.store({slot}_pointer + offsets, {slot}.to({dtype}){mask})")
+        return lines
+
+    body = [
+        "pid = tl.program_id(0)",
+        f"blocks = meta + {1 + len(slots)} * n_tensors",
+        "tensor = tl.load(blocks + pid)",
+        "offsets = tl.load(blocks + total_blocks + pid) * BLOCK + tl.arange(0, BLOCK)",
+        "numel = tl.load(meta + tensor)",
+    ]
+    for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True), start=1):
+        body.append(f"{slot}_pointer = tl.load(meta + {row} * n_tensors + tensor).to(tl.pointer_type({dtype}))")
+        if aligned:  # every address is 16-byte aligned (checked on the host): allows vectorized access
+            body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, 16)")
+    if aligned:
+        body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, BLOCK), BLOCK)")
+    # Full chunks take the unmasked path, which the compiler can vectorize; only a tensor's tail is masked.
+    body.append("if tl.load(blocks + total_blocks + pid) * BLOCK + BLOCK <= numel:")
+    body += ["    " + line for line in chunk(masked=False)]
+    body.append("else:")
+    body += ["    " + line for line in chunk(masked=True)]
+    if found_inf:
+        body = ["if tl.load(found_inf_pointer) == 0:"] + ["    " + line for line in body]
+    return "\n".join([f"def {rule.name}_kernel({', '.join(arguments)}):", *prologue,
+                      *("    " + line for line in body)]) + "\n"
+
+
+class TritonBackend:
+    """Runs any rule as one Triton kernel launch per param group (and dtype combination)."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple, Any] = {}
+        self._updates: dict[tuple, Any] = {}
+        self._tables: dict[tuple, tuple[list[int], Any]] = {}
+
+    def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
+                 state_dtype: Any) -> str | None:
+        """None if Triton is installed and every param is a contiguous fp32/fp16/bf16 tensor on the right device."""
+        if _triton() is None:
+            return "triton is not installed (pip install optimlab[gpu])"
+        interpret = interpreting()
+        for param in params:
+            if interpret and param.device.type != "cpu":
+                return "TRITON_INTERPRET=1 runs Triton kernels on the CPU: params must be CPU tensors"
+            if not interpret and param.device.type != "cuda":
+                return (f"the triton backend needs CUDA tensors, got a {param.device.type} tensor "
+                        "(set TRITON_INTERPRET=1 to run it on the CPU)")
+            if str(param.dtype) not in ("torch.float32", "torch.float16", "torch.bfloat16"):
+                return f"the triton backend takes float32, float16 and bfloat16 params, not {param.dtype}"
+            if not param.is_contiguous():
+                return "the triton backend needs contiguous params"
+        if state_dtype is not None and str(state_dtype) not in ("torch.float32", "torch.float16", "torch.bfloat16"):
+            return f"the triton backend keeps state in float32, float16 or bfloat16, not {state_dtype}"
+        return None
+
+    def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
+             params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
+             grad_scale: Any = None, found_inf: Any = None) -> None:
+        """Apply `rule.update` to every (param, grad, state) in place: one launch per dtype combination.
+
+        `found_inf` (beyond the contract, optional): a tensor; where non-zero the kernel leaves params and
+        state untouched, decided on the device.
+        """
+        triton = _triton()
+        if triton is None:
+            raise RuntimeError("triton is not installed (pip install optimlab[gpu])")
+        if not params:
+            return
+        active = tuple(rule.active_state(hyperparameters))
+        groups: dict[tuple, list[int]] = {}
+        for index, (param, grad, state) in enumerate(zip(params, grads, states, strict=True)):
+            key = (param.dtype, grad.dtype, *(tensor.dtype for tensor in state))
+            groups.setdefault(key, []).append(index)
+        for key, indices in groups.items():
+            if len(indices) == len(params):
+                members = (params, grads, states)
+            else:
+                members = ([params[i] for i in indices], [grads[i] for i in indices], [states[i] for i in indices])
+            self._launch(triton, rule, active, key, coefficients, *members, grad_scale, found_inf)
+
+    def _launch(self, triton: Any, rule: Rule, active: tuple[str, ...], dtypes: tuple, coefficients: Mapping,
+                params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]], grad_scale: Any,
+                found_inf: Any) -> None:
+        grads = [grad if grad.is_contiguous() else grad.contiguous() for grad in grads]
+        numels = [param.numel() for param in params]
+        rows = [numels, [param.data_ptr() for param in params], [grad.data_ptr() for grad in grads]]
+        for column in range(len(active)):
+            rows.append([state[column].data_ptr() for state in states])
+        for state in states:
+            if not all(tensor.is_contiguous() for tensor in state):
+                raise ValueError("the triton backend needs contiguous state tensors")
+        total = sum(numels)
+        large = total >= LARGE_TENSOR * len(numels)
+        block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
+        meta, total_blocks, aligned = self._table(rows, block, params[0].device)
+        if total_blocks == 0:
+            return
+
+        kinds, arguments = {}, []
+        for name in rule.coefficient_names:
+            kind, value = _coefficient(coefficients[name])
+            kinds[name] = kind
+            arguments.append(value)
+        scale_kind, scale = _coefficient(grad_scale) if grad_scale is not None else ("none", None)
+        if scale_kind == "constexpr":
+            raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
+        kernel = self._kernel(triton, rule, active, kinds, tuple(_tl_dtype(dtype) for dtype in dtypes),
+                              scale_kind, found_inf is not None, aligned)
+        extra = ([] if scale is None else [scale]) + ([] if found_inf is None else [found_inf])
+        kernel[(total_blocks,)](meta, len(numels), total_blocks, *arguments, *extra, BLOCK=block,
+                                num_warps=warps)
+
+    def _table(self, rows: list[list[int]], block: int, device: Any) -> tuple[Any, int, bool]:
+        """The launch's metadata tensor on `device` (rebuilt only when an address or a size changed)."""
+        import torch
+
+        key = (str(device), block, len(rows), len(rows[0]), rows[1][0])
+        cached = self._tables.get(key)
+        if cached is not None and cached[0] == rows:
+            return cached[1]
+        numels = torch.tensor(rows[0], dtype=torch.int64)
+        blocks = (numels + block - 1) // block
+        total_blocks = int(blocks.sum())
+        tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+        first_block = torch.cumsum(blocks, 0) - blocks
+        index_in_tensor = torch.arange(total_blocks) - first_block[tensor_of_block]
+        addresses = torch.tensor(rows[1:], dtype=torch.int64)
+        aligned = bool(((addresses % 16) == 0).all())
+        host = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor])
+        meta = host if device.type == "cpu" else host.to(device, non_blocking=True)
+        if len(self._tables) > 64:
+            self._tables.clear()
+        self._tables[key] = (rows, (meta, total_blocks, aligned))
+        return meta, total_blocks, aligned
+
+    def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
+                dtypes: tuple[str, ...], grad_scale: str, found_inf: bool, aligned: bool) -> Any:
+        interpret = interpreting()
+        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, grad_scale, found_inf, aligned, interpret)
+        kernel = self._kernels.get(key)
+        if kernel is not None:
+            return kernel
+        update_key = (id(rule), interpret)
+        if update_key not in self._updates:
+            self._updates[update_key] = rule.specialize(_natives(triton), triton.jit)
+        source = _kernel_source(rule, active, kinds, dtypes, grad_scale, found_inf, aligned)
+        # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
+        filename = f"<optimlab-triton-{rule.name}-{len(self._kernels)}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        namespace = {"tl": triton.language, "update": self._updates[update_key]}
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (our own generated source)
+        kernel = triton.jit(namespace[f"{rule.name}_kernel"])
+        self._kernels[key] = kernel
+        return kernel
+
+
+def _coefficient(value: Any) -> tuple[str, Any]:
+    """How a coefficient is passed: a structural bool as constexpr, a number as float32, a tensor by pointer."""
+    if isinstance(value, bool):
+        return "constexpr", value
+    if hasattr(value, "data_ptr"):
+        return ("bool_pointer" if str(value.dtype) == "torch.bool" else "pointer"), value
+    return "value", float(value)
+
+
+BACKEND = register(TritonBackend(), first=True)
+
+__all__ = ["BACKEND", "TritonBackend", "interpreting"]
