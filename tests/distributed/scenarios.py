@@ -1,0 +1,220 @@
+"""The four torch.distributed scenarios, run by `worker.py` in every rank of a real process group.
+
+Each trains a tiny model twice in the same processes — with `torch.optim` and with optimlab's drop-in class
+on a given backend — under the same parallelism, and asserts the results agree:
+
+* `ddp_*`: `DistributedDataParallel`, AdamW;
+* `fsdp2_*`: `fully_shard` (params are `DTensor` shards), Adam, AdamW and RMSprop;
+* `zero_*`: `ZeroRedundancyOptimizer(optimizer_class=...)`, its state dict consolidated on rank 0 and
+  loaded back;
+* `dcp_*`: `torch.distributed.checkpoint` under FSDP2, saved mid-training and restored into a fresh model and
+  optimizer, which must continue exactly as the uninterrupted run.
+
+A scenario is named `<parallelism>_<backend>`; the functions at the bottom of this file are what the tests name.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+STEPS = 4
+#: Hyperparameters away from the defaults, so that every term of each rule matters.
+CONFIGS = {
+    "Adam": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.01},
+    "AdamW": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1},
+    "RMSprop": {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True},
+}
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def optimizer_class(name: str, backend: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """`torch.optim.<name>` for backend "torch", else optimlab's class and the `backend` argument."""
+    if backend == "torch":
+        return getattr(torch.optim, name), {}
+    import optimlab.torch
+
+    return getattr(optimlab.torch, name), {"backend": backend}
+
+
+def factory(name: str, backend: str) -> OptimizerFactory:
+    cls, extra = optimizer_class(name, backend)
+    return lambda params: cls(params, **CONFIGS[name], **extra)
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """Two linear layers; 8 and 3 output rows shard evenly and unevenly over two ranks."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Different data in each rank and step, the same in every run."""
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(5, 6, generator=generator), torch.randn(5, 3, generator=generator)
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, rank: int, steps: range) -> None:
+    for step in steps:
+        inputs, targets = batch(rank, step)
+        loss = nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, or the tensor itself."""
+    return (tensor.to_local() if isinstance(tensor, DTensor) else tensor).detach().clone()
+
+
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: local(param) for name, param in model.named_parameters()}
+
+
+def state_of(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimizer's per-param state keyed by param name, DTensors as local shards."""
+    return {name: {key: local(value) for key, value in optimizer.state[param].items()}
+            for name, param in model.named_parameters()}
+
+
+def assert_same(actual: Any, expected: Any, what: str) -> None:
+    """Exactly equal tensors (in nested dicts): optimlab evaluates the same float32 ops as `torch.optim`."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=lambda message: f"{what}: {message}")
+
+
+# --- DDP ------------------------------------------------------------------------------------------------
+
+def ddp(rank: int, world_size: int, workdir: Path, *, name: str, backend: str) -> None:
+    def run(make_optimizer: OptimizerFactory) -> dict[str, torch.Tensor]:
+        model = tiny_model()
+        wrapped = DistributedDataParallel(model)
+        train(wrapped, make_optimizer(wrapped.parameters()), rank, range(STEPS))
+        return params_of(model)
+
+    assert_same(run(factory(name, backend)), run(factory(name, "torch")), f"{name} params after DDP training")
+
+
+# --- FSDP2 ----------------------------------------------------------------------------------------------
+
+def sharded_model(world_size: int, seed: int = 0) -> nn.Module:
+    """`tiny_model` with each linear layer and the root `fully_shard`-ed: params become DTensor shards."""
+    mesh = init_device_mesh("cpu", (world_size,))
+    model = tiny_model(seed)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    assert all(isinstance(param, DTensor) for param in model.parameters())
+    return model
+
+
+def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    for name in ("Adam", "AdamW", "RMSprop"):
+        results = {}
+        for kind in (backend, "torch"):
+            model = sharded_model(world_size)
+            optimizer = factory(name, kind)(model.parameters())
+            train(model, optimizer, rank, range(STEPS))
+            for state in optimizer.state.values():
+                for key, value in state.items():
+                    assert key == "step" or isinstance(value, DTensor), f"{kind} {name}: state {key!r} is not sharded"
+            results[kind] = params_of(model), state_of(model, optimizer)
+        assert_same(results[backend][0], results["torch"][0], f"{name} local param shards after FSDP2 training")
+        assert_same(results[backend][1], results["torch"][1], f"{name} local state shards after FSDP2 training")
+
+
+# --- ZeroRedundancyOptimizer ------------------------------------------------------------------------------
+
+def zero(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    name = "Adam"
+
+    def run(kind: str, steps: range, state_dict: dict | None = None):
+        cls, extra = optimizer_class(name, kind)
+        model = tiny_model()
+        wrapped = DistributedDataParallel(model)
+        optimizer = ZeroRedundancyOptimizer(wrapped.parameters(), optimizer_class=cls, **CONFIGS[name], **extra)
+        if state_dict is not None:
+            optimizer.load_state_dict(state_dict)
+            with torch.no_grad():  # the params as they were when the state dict was taken
+                for param, saved in zip(model.parameters(), state_dict["params"], strict=True):
+                    param.copy_(saved)
+        train(wrapped, optimizer, rank, steps)
+        optimizer.consolidate_state_dict(to=0)
+        consolidated = optimizer.state_dict() if rank == 0 else None
+        if consolidated is not None:
+            consolidated["params"] = [param.detach().clone() for param in model.parameters()]
+        return params_of(model), consolidated
+
+    params, consolidated = run(backend, range(STEPS))
+    expected_params, expected_consolidated = run("torch", range(STEPS))
+    assert_same(params, expected_params, f"{name} params after ZeRO training")
+    if rank == 0:
+        assert_same(consolidated["state"], expected_consolidated["state"], "consolidated state")
+        for group, expected_group in zip(consolidated["param_groups"], expected_consolidated["param_groups"],
+                                         strict=True):
+            assert group["params"] == expected_group["params"], "consolidated param indices"
+            for key in ("lr", "betas", "eps", "weight_decay"):
+                assert group[key] == expected_group[key], f"consolidated param group {key!r}"
+
+    # Every rank loads the consolidated dict (broadcast from rank 0) and continues as if never stopped.
+    shared = [consolidated]
+    dist.broadcast_object_list(shared, src=0)
+    resumed, _ = run(backend, range(STEPS, STEPS + 2), shared[0])
+    uninterrupted, _ = run(backend, range(STEPS + 2))
+    assert_same(resumed, uninterrupted, f"{name} params resumed from the consolidated state dict")
+
+
+# --- distributed checkpoint under FSDP2 ---------------------------------------------------------------
+
+def dcp_resume(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    name = "AdamW"
+    middle, end = STEPS // 2, STEPS + 2
+
+    def uninterrupted(kind: str, checkpoint: Path | None) -> dict:
+        model = sharded_model(world_size)
+        optimizer = factory(name, kind)(model.parameters())
+        train(model, optimizer, rank, range(middle))
+        if checkpoint is not None:
+            model_state, optimizer_state = get_state_dict(model, optimizer)
+            dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
+        train(model, optimizer, rank, range(middle, end))
+        return {"params": params_of(model), "state": state_of(model, optimizer)}
+
+    def resumed(kind: str, checkpoint: Path) -> dict:
+        model = sharded_model(world_size, seed=1)  # other initial values: the checkpoint must replace them
+        optimizer = factory(name, kind)(model.parameters())
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+        train(model, optimizer, rank, range(middle, end))
+        return {"params": params_of(model), "state": state_of(model, optimizer)}
+
+    ours, theirs = workdir / backend, workdir / "torch"
+    expected = uninterrupted(backend, ours)
+    assert_same(resumed(backend, ours), expected, f"{name} resumed from a distributed checkpoint")
+    reference = uninterrupted("torch", theirs)
+    assert_same(expected, reference, f"{name} under FSDP2 against torch.optim")
+    assert_same(resumed(backend, theirs), reference, f"{name} resumed from torch.optim's distributed checkpoint")
+
+
+BACKENDS = ("torch",)
+for _backend in BACKENDS:
+    globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
+    globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
+    globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)
+    globals()[f"dcp_resume_{_backend}"] = functools.partial(dcp_resume, backend=_backend)
