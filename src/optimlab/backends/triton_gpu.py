@@ -32,7 +32,6 @@ host addresses there), which is how the test suite checks this backend on machin
 from __future__ import annotations
 
 import linecache
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,9 +67,27 @@ def lerp(start, end, weight):
     return tl.where(tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
 
 
+def widen_bfloat16(x):
+    """bfloat16 → float32 exactly, subnormals included, by shifting the bits (what the hardware does)."""
+    return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+
+
+def round_to_bfloat16(x):
+    """float32 → bfloat16 rounded to nearest-even, as `Tensor.to(torch.bfloat16)`.
+
+    Written out because Triton's interpreter rounds this conversion differently (so CPU tests would not
+    check what a GPU computes); on a GPU these few integer operations hide behind the memory traffic.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(x != x, float("nan"), rounded)
+
+
 def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    """Whether Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`, read when asked)."""
+    triton = _triton()
+    return triton is not None and bool(triton.knobs.runtime.interpret)
 
 
 def _triton() -> Any:
@@ -83,11 +100,15 @@ def _triton() -> Any:
     return triton
 
 
-def _natives(triton: Any) -> dict[str, Any]:
+def _jit_all(triton: Any, functions: Sequence[Any]) -> dict[str, Any]:
+    """`functions`, compiled by `triton.jit` with `tl` bound, by name."""
     namespace = {"tl": triton.language}
-    natives = {name: triton.jit(rebind(function, namespace))
-               for name, function in (("sqrt", sqrt), ("maximum", maximum), ("lerp", lerp))}
-    return {**natives, **namespace}  # `tl` too: the interpreter looks for it in a jitted function's globals
+    return {function.__name__: triton.jit(rebind(function, namespace)) for function in functions}
+
+
+def _natives(triton: Any) -> dict[str, Any]:
+    # `tl` too: the interpreter looks for it in a jitted function's globals
+    return {**_jit_all(triton, (sqrt, maximum, lerp)), "tl": triton.language}
 
 
 # --- the generated kernel ----------------------------------------------------------------------------------
@@ -131,18 +152,21 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         """Load, update, store one chunk (masked for the last chunk of a tensor)."""
         mask = ", mask=mask" if masked else ""
         lines = ["mask = offsets < numel"] if masked else []
-        for slot in slots:
-            lines.append(f"{slot} = tl.load({slot}_pointer + offsets{mask}).to(tl.float32)")
+        for slot, dtype in zip(slots, dtypes, strict=True):
+            load = f"tl.load({slot}_pointer + offsets{mask})"
+            widened = f"widen_bfloat16({load})" if dtype == "tl.bfloat16" else f"{load}.to(tl.float32)"
+            lines.append(f"{slot} = {widened}")
         if grad_scale != "none":
             lines.append("grad = grad / grad_scale")
-        state_arguments = [name if name in active else "tl.zeros([BLOCK], dtype=tl.float32)"
+        state_arguments = [name if name in active else "tl.full([BLOCK], 0.0, tl.float32)"
                            for name in rule.state_names]
         results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
         call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
-                lines.append(f"tl.store({slot}_pointer + offsets, {slot}.to({dtype}){mask})")
+                rounded = f"round_to_bfloat16({slot})" if dtype == "tl.bfloat16" else f"{slot}.to({dtype})"
+                lines.append(f"tl.store({slot}_pointer + offsets, {rounded}{mask})")
         return lines
 
     body = [
@@ -293,8 +317,9 @@ class TritonBackend:
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{len(self._kernels)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        namespace = {"tl": triton.language, "update": self._updates[update_key]}
-        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (our own generated source)
+        namespace = {"tl": triton.language, "update": self._updates[update_key],
+                     **_jit_all(triton, (widen_bfloat16, round_to_bfloat16))}
+        exec(compile(source, filename, "exec"), namespace)  # our own generated source
         kernel = triton.jit(namespace[f"{rule.name}_kernel"])
         self._kernels[key] = kernel
         return kernel
