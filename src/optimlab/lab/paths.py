@@ -208,7 +208,8 @@ def plot_lr_sweep(surface: Surface | str, sweeps: Mapping[str, Sweep], path: Pat
     axes.set_xlabel("learning rate η (log scale)")
     axes.set_ylabel("mean f(x_t) − f* over the steps" + (" (symlog)" if surface.minimum is None else " (log)"))
     axes.set_title(f"{surface.title}: lr sweeps, {steps} steps each\n"
-                   "(one vectorized run per optimizer; a line that stops has diverged)", fontsize=10)
+                   "(one vectorized run per optimizer; where a line stops, the path diverged or left the picture)",
+                   fontsize=10)
     axes.legend(fontsize=8)
     axes.grid(True, which="major", alpha=0.3)
     figure.savefig(path)

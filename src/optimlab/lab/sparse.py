@@ -168,8 +168,8 @@ def write_sparse_csv(runs: Mapping[str, SparseRun], path: Path | str) -> Path:
                          "dense_error", "sparse_error"])
         for name, result in runs.items():
             for step, weights in enumerate(result.weights):
-                writer.writerow([name, repr(result.lr), step, *map(repr, weights.tolist()),
-                                 repr(float(result.dense_error[step])), repr(float(result.sparse_error[step]))])
+                writer.writerow([name, repr(result.lr), step, *(f"{weight:.9g}" for weight in weights),
+                                 f"{result.dense_error[step]:.6g}", f"{result.sparse_error[step]:.6g}"])
     return path
 
 

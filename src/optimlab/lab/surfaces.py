@@ -134,7 +134,7 @@ SURFACES: dict[str, Surface] = {surface.name: surface for surface in (
             description="Saddle point at (0, 0), unbounded below along y: starting near the ridge, "
                         "plain SGD lingers where the gradient vanishes; momentum and adaptive rates escape."),
     Surface("rastrigin", "Rastrigin's function", "f(x, y) = 20 + Σ (xᵢ² − 10 cos 2πxᵢ)", _rastrigin_value,
-            _rastrigin_gradient, start=(2.2, -2.3), bounds=((-5.12, 5.12), (-5.12, 5.12)), minimum=(0.0, 0.0),
+            _rastrigin_gradient, start=(2.2, -2.3), bounds=((-3.0, 3.0), (-3.0, 3.0)), minimum=(0.0, 0.0),
             description="A parabola covered in local minima: every optimizer here gets caught in one."),
 )}
 
