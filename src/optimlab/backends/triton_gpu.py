@@ -31,9 +31,11 @@ host addresses there), which is how the test suite checks this backend on machin
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import linecache
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..rules import Rule
 from ..rules.base import rebind
@@ -113,6 +115,7 @@ def _natives(triton: Any) -> dict[str, Any]:
 
 # --- the generated kernel ----------------------------------------------------------------------------------
 
+_SOURCES = itertools.count()  # numbers the generated sources: each gets its own `linecache` name
 _TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64",
               "bool": "tl.int1"}
 
@@ -193,6 +196,18 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
                       *("    " + line for line in body)]) + "\n"
 
 
+class _Launch(NamedTuple):
+    """One kernel launch: the Triton dtypes of param, grad and state, and the metadata table it reads."""
+
+    dtypes: tuple[str, ...]
+    meta: Any
+    n_tensors: int
+    total_blocks: int
+    block: int
+    warps: int
+    aligned: bool
+
+
 class TritonBackend:
     """Runs any rule as one Triton kernel launch per param group (and dtype combination)."""
 
@@ -201,7 +216,7 @@ class TritonBackend:
     def __init__(self) -> None:
         self._kernels: dict[tuple, Any] = {}
         self._updates: dict[tuple, Any] = {}
-        self._tables: dict[tuple, tuple[list[int], Any]] = {}
+        self._plans: dict[tuple, tuple[list[list[int]], list[_Launch]]] = {}
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
@@ -237,35 +252,11 @@ class TritonBackend:
         if not params:
             return
         active = tuple(rule.active_state(hyperparameters))
-        groups: dict[tuple, list[int]] = {}
-        for index, (param, grad, state) in enumerate(zip(params, grads, states, strict=True)):
-            key = (param.dtype, grad.dtype, *(tensor.dtype for tensor in state))
-            groups.setdefault(key, []).append(index)
-        for key, indices in groups.items():
-            if len(indices) == len(params):
-                members = (params, grads, states)
-            else:
-                members = ([params[i] for i in indices], [grads[i] for i in indices], [states[i] for i in indices])
-            self._launch(triton, rule, active, key, coefficients, *members, grad_scale, found_inf)
-
-    def _launch(self, triton: Any, rule: Rule, active: tuple[str, ...], dtypes: tuple, coefficients: Mapping,
-                params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]], grad_scale: Any,
-                found_inf: Any) -> None:
+        # The per-tensor host work, kept to a few C calls per tensor: 10,000 small tensors must stay cheap.
         grads = [grad if grad.is_contiguous() else grad.contiguous() for grad in grads]
-        numels = [param.numel() for param in params]
-        rows = [numels, [param.data_ptr() for param in params], [grad.data_ptr() for grad in grads]]
-        for column in range(len(active)):
-            rows.append([state[column].data_ptr() for state in states])
-        for state in states:
-            if not all(tensor.is_contiguous() for tensor in state):
-                raise ValueError("the triton backend needs contiguous state tensors")
-        total = sum(numels)
-        large = total >= LARGE_TENSOR * len(numels)
-        block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
-        meta, total_blocks, aligned = self._table(rows, block, params[0].device)
-        if total_blocks == 0:
-            return
-
+        columns = list(zip(*states, strict=True)) if active else []
+        rows = [[param.numel() for param in params], [param.data_ptr() for param in params],
+                [grad.data_ptr() for grad in grads], *([tensor.data_ptr() for tensor in column] for column in columns)]
         kinds, arguments = {}, []
         for name in rule.coefficient_names:
             kind, value = _coefficient(coefficients[name])
@@ -274,21 +265,55 @@ class TritonBackend:
         scale_kind, scale = _coefficient(grad_scale) if grad_scale is not None else ("none", None)
         if scale_kind == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
-        kernel = self._kernel(triton, rule, active, kinds, tuple(_tl_dtype(dtype) for dtype in dtypes),
-                              scale_kind, found_inf is not None, aligned)
         extra = ([] if scale is None else [scale]) + ([] if found_inf is None else [found_inf])
-        kernel[(total_blocks,)](meta, len(numels), total_blocks, *arguments, *extra, BLOCK=block,
-                                num_warps=warps)
+        for launch in self._plan(rows, active, params, grads, columns):
+            kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, scale_kind, found_inf is not None,
+                                  launch.aligned)
+            with _on(params[0].device):
+                # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
+                kernel[(launch.total_blocks,)](launch.meta, launch.n_tensors, launch.total_blocks, *arguments,
+                                               *extra, BLOCK=launch.block, num_warps=launch.warps,
+                                               enable_fp_fusion=True)
 
-    def _table(self, rows: list[list[int]], block: int, device: Any) -> tuple[Any, int, bool]:
-        """The launch's metadata tensor on `device` (rebuilt only when an address or a size changed)."""
-        import torch
+    def _plan(self, rows: list[list[int]], active: tuple[str, ...], params: Sequence[Any], grads: Sequence[Any],
+              columns: Sequence[Sequence[Any]]) -> list[_Launch]:
+        """The launches for these tensors; rebuilt (and the tensors checked) only when an address or size changed.
 
-        key = (str(device), block, len(rows), len(rows[0]), rows[1][0])
-        cached = self._tables.get(key)
+        A tensor's dtype and layout cannot change while its address and size stay the same unless it is
+        replaced by a different tensor that happens to land there; the plan is checked against every
+        address and size on every step.
+        """
+        key = (len(rows), len(rows[0]), rows[1][0], str(params[0].device))
+        cached = self._plans.get(key)
         if cached is not None and cached[0] == rows:
             return cached[1]
+        if len(columns) != len(active):
+            raise ValueError(f"expected {len(active)} state tensors per param ({', '.join(active)})")
+        groups: dict[tuple, list[int]] = {}
+        device = params[0].device
+        for index, tensors in enumerate(zip(params, grads, *columns, strict=True)):
+            if any(tensor.device != device for tensor in tensors):
+                raise ValueError(f"the triton backend needs every tensor on {device}")
+            if not all(tensor.is_contiguous() for tensor in tensors):
+                raise ValueError("the triton backend needs contiguous params and state")
+            if any(tensor.numel() != rows[0][index] for tensor in tensors):
+                raise ValueError("a gradient or state tensor differs in size from its param")
+            groups.setdefault(tuple(_tl_dtype(tensor.dtype) for tensor in tensors), []).append(index)
+        plan = [self._launch_for([[row[i] for i in indices] for row in rows], dtypes, device)
+                for dtypes, indices in groups.items()]
+        if len(self._plans) > 64:
+            self._plans.clear()
+        self._plans[key] = (rows, plan)
+        return plan
+
+    @staticmethod
+    def _launch_for(rows: list[list[int]], dtypes: tuple[str, ...], device: Any) -> _Launch:
+        """One launch's metadata tensor (see the module docstring), on `device`."""
+        import torch
+
         numels = torch.tensor(rows[0], dtype=torch.int64)
+        large = int(numels.sum()) >= LARGE_TENSOR * len(numels)
+        block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
         blocks = (numels + block - 1) // block
         total_blocks = int(blocks.sum())
         tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
@@ -296,12 +321,10 @@ class TritonBackend:
         index_in_tensor = torch.arange(total_blocks) - first_block[tensor_of_block]
         addresses = torch.tensor(rows[1:], dtype=torch.int64)
         aligned = bool(((addresses % 16) == 0).all())
-        host = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor])
-        meta = host if device.type == "cpu" else host.to(device, non_blocking=True)
-        if len(self._tables) > 64:
-            self._tables.clear()
-        self._tables[key] = (rows, (meta, total_blocks, aligned))
-        return meta, total_blocks, aligned
+        meta = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor])
+        if device.type != "cpu":
+            meta = meta.to(device, non_blocking=True)
+        return _Launch(dtypes, meta, len(numels), total_blocks, block, warps, aligned)
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                 dtypes: tuple[str, ...], grad_scale: str, found_inf: bool, aligned: bool) -> Any:
@@ -315,14 +338,24 @@ class TritonBackend:
             self._updates[update_key] = rule.specialize(_natives(triton), triton.jit)
         source = _kernel_source(rule, active, kinds, dtypes, grad_scale, found_inf, aligned)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
-        filename = f"<optimlab-triton-{rule.name}-{len(self._kernels)}>"
+        filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
         namespace = {"tl": triton.language, "update": self._updates[update_key],
                      **_jit_all(triton, (widen_bfloat16, round_to_bfloat16))}
         exec(compile(source, filename, "exec"), namespace)  # our own generated source
-        kernel = triton.jit(namespace[f"{rule.name}_kernel"])
+        # Sizes vary with the group: keep them out of the specialization, so a new group does not recompile.
+        kernel = triton.jit(namespace[f"{rule.name}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
         self._kernels[key] = kernel
         return kernel
+
+
+def _on(device: Any) -> Any:
+    """A context that makes `device` current, so Triton launches on its current stream."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.device(device)
 
 
 def _coefficient(value: Any) -> tuple[str, Any]:
