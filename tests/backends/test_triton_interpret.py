@@ -198,3 +198,27 @@ def test_without_triton_it_declines(monkeypatch):
     monkeypatch.setattr(triton_gpu, "_triton", lambda: None)
     rule, hyper, params, _, _ = _setup("adam")
     assert "pip install optimlab[gpu]" in triton_gpu.BACKEND.supports(rule, hyper, params, None)
+
+
+def _nvidia_backend_present():
+    import triton.backends
+
+    return "nvidia" in triton.backends.backends
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.parametrize("name", ["sgd-decay-maximize", "momentum", "adagrad-decay-eps-root",
+                                  "rmsprop-centered-momentum-maximize", "adamw-amsgrad-maximize"])
+def test_compiles_for_a_gpu_with_vectorized_access(name):
+    """What the interpreter cannot check: Triton's compiler accepts the rule, and full chunks use 128-bit loads."""
+    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
+    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
+    code = triton_gpu.ptx(rule, hyper, state_dtype="bfloat16")
+    assert "ld.global.v4.b32" in code
+    assert "sqrt.approx" not in code
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_unaligned_tensors_compile_without_vector_hints():
+    rule, _ = OPTIMIZERS["adam"]
+    assert "ld.global.v4" not in triton_gpu.ptx(rule, rule.defaults(), aligned=False)

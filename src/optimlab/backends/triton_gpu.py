@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import linecache
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -349,6 +350,57 @@ class TritonBackend:
         return kernel
 
 
+def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32", state_dtype: str | None = None,
+        step: int = 2, aligned: bool = True, large: bool = True, arch: int = 90) -> str:
+    """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
+
+    Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
+    vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`.
+    """
+    triton = _triton()
+    if triton is None:
+        raise RuntimeError("triton is not installed (pip install optimlab[gpu])")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    active = tuple(rule.active_state(hyperparameters))
+    coefficients = rule.coefficients(step, **hyperparameters)
+    kinds = {name: _coefficient(coefficients[name])[0] for name in rule.coefficient_names}
+    dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
+    block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
+    with _compiled():
+        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, "none", False, aligned)
+    signature, constants = {}, {}
+    for index, parameter in enumerate(kernel.params):
+        name = parameter.name
+        if parameter.is_constexpr:
+            signature[name] = "constexpr"
+            constants[(index,)] = block if name == "BLOCK" else coefficients[name]
+        else:
+            signature[name] = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}.get(name, "fp32")
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
+                       attrs={(0,): [["tt.divisibility", 16]]})
+    options = {"num_warps": warps, "enable_fp_fusion": True}
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options).asm["ptx"]
+
+
+@contextlib.contextmanager
+def _compiled() -> Any:
+    """Within it, `triton.jit` makes compiled kernels even under `TRITON_INTERPRET=1`."""
+    import triton
+
+    saved = os.environ.get("TRITON_INTERPRET")
+    triton.knobs.runtime.interpret = False  # also writes the environment variable
+    try:
+        yield
+    finally:
+        del triton.knobs.runtime.interpret  # back to reading the environment
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
 def _on(device: Any) -> Any:
     """A context that makes `device` current, so Triton launches on its current stream."""
     if device.type != "cuda":
@@ -369,4 +421,4 @@ def _coefficient(value: Any) -> tuple[str, Any]:
 
 BACKEND = register(TritonBackend(), first=True)
 
-__all__ = ["BACKEND", "TritonBackend", "interpreting"]
+__all__ = ["BACKEND", "TritonBackend", "interpreting", "ptx"]
