@@ -199,14 +199,16 @@ def sweep_timing_section(configs: int = 1000, steps: int = 1000, repeats: int = 
 
 def tour(out: Path | str = "optimlab-report", seed: int = 0, epochs: int = 8,
          announce: Announce | None = None, on_train_step: Callable[[str], None] | None = None,
-         surfaces: Iterable[str] = TOUR_SURFACES) -> Path:
-    """Every experiment with small defaults, and `index.html` gathering them; returns the index's path."""
+         surfaces: Iterable[str] | None = None) -> Path:
+    """Every experiment with small defaults, and `index.html` gathering them; returns the index's path.
+
+    `surfaces` are swept and drawn after the two presets (default: `TOUR_SURFACES`)."""
     out = Path(out)
     sections = [worked_example_section()]
     _say(announce, "presets")
     sections.append(preset_experiment(out, "dlfs", announce=announce))
     sections.append(preset_experiment(out, "notes", announce=announce))
-    for surface in surfaces:
+    for surface in TOUR_SURFACES if surfaces is None else surfaces:
         sections.append(paths_experiment(out, surface, gif=False, announce=announce))
     _say(announce, "sweep timing")
     sections.append(sweep_timing_section())
