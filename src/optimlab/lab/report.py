@@ -14,6 +14,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom:
 table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+table.prose td, table.prose th { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.92em; }
 .wrong { color: #b00020; text-decoration: line-through; } .right { color: #006400; font-weight: 600; }
@@ -35,11 +36,14 @@ def escape(text: object) -> str:
     return html.escape(str(text))
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """An HTML table; cells are escaped text, except those already wrapped by `raw`."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], prose: bool = False) -> str:
+    """An HTML table; cells are escaped text, except those already wrapped by `raw`.
+
+    Cells are right-aligned for numbers; `prose` left-aligns them all (tables of sentences)."""
     head = "".join(f"<th>{escape(header)}</th>" for header in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attribute = ' class="prose"' if prose else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class raw(str):  # noqa: N801 (reads as a marker in table rows)

@@ -38,7 +38,8 @@ def _say(announce: Announce | None, message: str) -> None:
 def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequence[str] = NOTES_OPTIMIZERS,
                      lrs: Mapping[str, float] | None = None, steps: int | None = None,
                      start: Sequence[float] | None = None, sweep_size: int = 200, gif: bool = True,
-                     name: str | None = None, note: str = "", announce: Announce | None = None) -> Section:
+                     name: str | None = None, note: str = "", title: str | None = None,
+                     announce: Announce | None = None) -> Section:
     """Trajectories of `optimizers` on `surface` at the given lrs, or each at its sweep's best lr.
 
     Writes `paths-<name>.png` (contour panels), `.csv` (the points), `.gif` (if `gif` and 2-D) and, where lrs
@@ -74,7 +75,8 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
     body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", "first step with f − f* < 10⁻³"],
                       rows))
     body.append(f"<p>Data: {link(files[1])}</p>")
-    return Section(f"paths-{name}", f"Paths: {surface_.title}", "".join(body), tuple(files))
+    title = title or f"Paths: {surface_.title}" + (", lrs from sweeps" if len(given) < len(runs) else "")
+    return Section(f"paths-{name}", title, "".join(body), tuple(files))
 
 
 def _first_below(values: np.ndarray, threshold: float) -> str:
@@ -89,7 +91,7 @@ def preset_experiment(out: Path | str, preset: str, gif: bool = True, announce: 
     setting = paths.PRESETS[preset]
     return paths_experiment(out, setting.surface, list(setting.lrs), setting.lrs, setting.steps, gif=gif,
                             name=preset, note=f"Preset <code>{preset}</code>: {setting.description}.",
-                            announce=announce)
+                            title=f"Preset {preset}: {lookup_surface(setting.surface).title}", announce=announce)
 
 
 def train_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZERS,
@@ -152,8 +154,8 @@ def sparse_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZ
 def worked_example_section() -> Section:
     """The notes' hand computation (Adam on (2x − 10)², lr 0.1, 10 steps), recomputed, with their slips marked."""
     adam = run("notes", "adam", {"lr": 0.1, "eps": 0.0, "eps_root": 1e-8}, steps=10)
-    rows = [[row["t"], *(f"{row[key][0]:.10g}" for key in ("g", "m", "v", "m_hat", "v_hat", "alpha_t", "x"))]
-            for row in adam.rows()]
+    rows = [[row["t"], *(f"{row[key][0]:.10g}" for key in ("g", "m", "v", "m_hat", "v_hat", "alpha_t")),
+             f"{row['x'][0]:.10f}"] for row in adam.rows()]
     alpha_1, x_1 = adam.trace["alpha_t"][0, 0], adam.path[1, 0]
     gd = run("notes", "sgd", {"lr": 0.1}, steps=300)
     adam_long = run("notes", "adam", {"lr": 0.1, "eps": 0.0, "eps_root": 1e-8}, steps=300)
@@ -175,7 +177,7 @@ def worked_example_section() -> Section:
             "(<code>optimlab trace adam --lr 0.1 --eps 0 --eps-root 1e-8</code> prints the same):</p>"
             + table(["t", "g", "m", "v", "m̂", "v̂", "α_t (efficient form)", "x_t"], rows)
             + "<p>The notes' numbers beside the recomputed ones (SPEC §6):</p>"
-            + table(["quantity", "the notes", "recomputed", "why"], claims))
+            + table(["quantity", "the notes", "recomputed", "why"], claims, prose=True))
     return Section("worked-example", "The notes' worked example, corrected", body)
 
 
