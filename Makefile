@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/optimlab trace adam --function notes --lr 0.1 --steps 10
+	$(BIN)/optimlab tour
 
 # Debian's Chromium for the browser tests, installed when missing.
 browser:
