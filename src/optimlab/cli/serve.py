@@ -19,15 +19,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback exposes the page"),
     port: int = typer.Option(8000, min=0, max=65535, help="port to listen on (0: any free port)"),
 ) -> None:
-    """Serve the playground: drag a start point, tick optimizers, watch them race, read each step's trace.
+    """Serve the playground: click a start point, tick optimizers, watch them race, read each step's trace.
 
     One page at `/` and a JSON API documented at `/docs` (`POST /api/run`, `GET /api/surfaces`, ...).
     Plotly.js comes from the installed `plotly` package, so the page works offline.
     """
+    listener = bind(host, port)
     warning = exposure_warning(host)
     if warning:
         error_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    listener = bind(host, port)
     import uvicorn
 
     from ..serve import create_app

@@ -12,14 +12,16 @@ a diverging run is cut before its first non-finite value, so every answer is val
 
 from __future__ import annotations
 
+import math
 import re
 from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..lab import Run, run
@@ -27,6 +29,7 @@ from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
 from ..rules import OPTIMIZERS
 from .models import (
+    BadRequest,
     MAX_TOTAL_STEPS,
     PLAYGROUND_LR,
     HyperparameterInfo,
@@ -62,6 +65,7 @@ def create_app() -> FastAPI:
         return FileResponse(str(plotly_js), media_type="text/javascript",
                             headers={"Cache-Control": "public, max-age=86400"})
 
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
 
     @app.get("/api/surfaces", response_model=list[SurfaceInfo], tags=["surfaces"])
@@ -81,7 +85,8 @@ def create_app() -> FastAPI:
         """Each optimizer with its hyperparameters: kind, default, meaning and the page's slider range."""
         return [optimizer_info(name) for name in OPTIMIZERS]
 
-    @app.post("/api/run", response_model=RunResponse, tags=["optimizers"])
+    @app.post("/api/run", response_model=RunResponse, tags=["optimizers"],
+              responses={400: {"model": BadRequest, "description": "the body could not be read as JSON text"}})
     def run_optimizers(request: RunRequest) -> RunResponse:
         """Run each optimizer from the same start; return paths, losses and each step's trace.
 
@@ -90,6 +95,22 @@ def create_app() -> FastAPI:
         return simulate(request)
 
     return app
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 answer, except that a non-finite number echoed from the input (`NaN` is valid Python
+    JSON, not valid JSON) is written as a string, so that the answer itself is valid JSON."""
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(error.errors()))})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def surface_info(surface: Surface) -> SurfaceInfo:

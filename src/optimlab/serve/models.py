@@ -164,6 +164,12 @@ class RunResponse(BaseModel):
     runs: list[RunResult]
 
 
+class BadRequest(BaseModel):
+    """A body that is not text (e.g. invalid UTF-8) cannot be parsed at all."""
+
+    detail: str = Field(examples=["There was an error parsing the body"])
+
+
 class SurfaceInfo(BaseModel):
     """A test surface: its formula, default start, the box the page shows (and starts must lie in), minimum."""
 

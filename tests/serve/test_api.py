@@ -1,0 +1,217 @@
+"""The playground's JSON API: the same numbers as `optimlab trace`, bounded inputs, 422s naming the field,
+valid JSON even when a run diverges, and no server error for anything schemathesis generates."""
+
+import json
+import math
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from optimlab.lab.surfaces import SURFACES
+from optimlab.rules import OPTIMIZERS
+from optimlab.serve import create_app
+from optimlab.serve.models import MAX_OPTIMIZERS, MAX_STEPS, MAX_TOTAL_STEPS
+from optimlab.tracing import notes_function, trace
+
+app = create_app()
+client = TestClient(app)
+
+
+def _run(**body):
+    return client.post("/api/run", json={"surface": "ellipse", "optimizers": [{"name": "adam"}], **body})
+
+
+def _error(response):
+    """The single validation error of a 422 answer: (location, message)."""
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    return tuple(errors[0]["loc"]), errors[0]["msg"]
+
+
+def test_surfaces_are_the_labs():
+    surfaces = {surface["name"]: surface for surface in client.get("/api/surfaces").json()}
+    assert list(surfaces) == list(SURFACES)
+    ellipse = surfaces["ellipse"]
+    assert ellipse["start"] == [-7.0, 2.0] and ellipse["bounds"] == [[-10.0, 10.0], [-5.0, 5.0]]
+    assert surfaces["saddle"]["minimum"] is None and surfaces["notes"]["dim"] == 1
+
+
+def test_grid_samples_f_over_the_bounds():
+    grid = client.get("/api/surfaces/ellipse/grid", params={"resolution": 11}).json()
+    assert len(grid["x"]) == 11 and len(grid["y"]) == 11 and len(grid["z"]) == 11
+    assert grid["x"][0] == -10.0 and grid["y"][-1] == 5.0
+    assert grid["z"][-1][0] == pytest.approx(100 / 20 + 25)  # f(−10, 5): row = y, column = x
+    notes = client.get("/api/surfaces/notes/grid", params={"resolution": 13}).json()
+    assert notes["y"] is None and notes["z"][6] == 0.0  # x = 5, the minimum
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+def test_every_grid_is_finite_json(name):
+    response = client.get(f"/api/surfaces/{name}/grid")
+    assert response.status_code == 200
+    assert all(math.isfinite(value) for row in response.json()["z"] for value in (row if isinstance(row, list)
+                                                                                  else [row]))
+
+
+def test_optimizers_carry_their_rules_defaults():
+    optimizers = {info["name"]: info for info in client.get("/api/optimizers").json()}
+    assert list(optimizers) == list(OPTIMIZERS)
+    adam = {hp["name"]: hp for hp in optimizers["adam"]["hyperparameters"]}
+    assert adam["betas"]["kind"] == "pair" and adam["betas"]["default"] == [0.9, 0.999]
+    assert adam["lr"]["default"] == 1e-3 and adam["lr"]["scale"] == "log"
+    nesterov = {hp["name"]: hp["default"] for hp in optimizers["nesterov"]["hyperparameters"]}
+    assert nesterov["nesterov"] is True
+    assert optimizers["sgd"]["playground_lr"] == 0.95 and optimizers["adam"]["playground_lr"] == 0.3
+
+
+def test_run_gives_the_numbers_of_optimlab_trace():
+    """SPEC §6 through the API: Adam, lr 0.1, from x₀ = 0 on (2x − 10)², every quantity of every step."""
+    response = client.post("/api/run", json={"surface": "notes", "start": [0.0], "steps": 10,
+                                             "optimizers": [{"name": "adam", "hyperparameters": {"lr": 0.1}}]})
+    assert response.status_code == 200, response.text
+    result = response.json()["runs"][0]
+    expected = trace("adam", notes_function(), start=[0.0], steps=10, lr=0.1)
+    assert result["path"][0] == [0.0] and len(result["path"]) == 11
+    # Equal to the last bit or two: the lab raises β to the power t on NumPy arrays, the trace on floats.
+    for t, row in enumerate(expected, start=1):
+        assert result["path"][t] == [pytest.approx(row["x"], rel=1e-13)]
+        assert result["loss"][t] == pytest.approx(row["f"], rel=1e-13)
+        for name in ("g", "m", "v", "m_hat", "v_hat", "alpha_t", "update"):
+            assert result["trace"][name][t - 1] == [pytest.approx(row[name], rel=1e-12)], (name, t)
+    assert result["path"][1][0] == pytest.approx(0.1, abs=1e-9)
+    assert result["trace"]["alpha_t"][0][0] == pytest.approx(0.0316227766, abs=1e-10)
+    assert result["diverged"] is False and result["message"] is None and result["steps"] == 10
+
+
+def test_run_keeps_the_order_and_fills_in_defaults():
+    response = client.post("/api/run", json={
+        "surface": "ellipse", "steps": 5,
+        "optimizers": [{"name": "sgd", "hyperparameters": {"lr": 0.95}}, {"name": "adamw"},
+                       {"name": "sgd", "hyperparameters": {"lr": 0.1}}]})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["start"] == [-7.0, 2.0]
+    assert [result["name"] for result in answer["runs"]] == ["sgd", "adamw", "sgd"]
+    assert answer["runs"][0]["hyperparameters"] == {"lr": 0.95, "weight_decay": 0.0, "maximize": False}
+    adamw = answer["runs"][1]["hyperparameters"]
+    assert adamw["betas"] == [0.9, 0.999] and adamw["decoupled_weight_decay"] is True
+    assert answer["runs"][0]["path"][1] == pytest.approx([-7 + 0.95 * 0.7, 2 - 0.95 * 4])
+
+
+def test_a_diverging_run_is_cut_before_the_first_non_finite_value():
+    response = _run(steps=300, optimizers=[{"name": "sgd", "hyperparameters": {"lr": 100.0}},
+                                           {"name": "adam", "hyperparameters": {"lr": 0.3}}])
+    assert response.status_code == 200
+    assert "NaN" not in response.text and "Infinity" not in response.text
+    sgd, adam = response.json()["runs"]
+    assert sgd["diverged"] is True and 1 < sgd["steps"] < 300
+    assert sgd["message"].startswith(f"diverged at step {sgd['steps'] + 1}: ")
+    assert len(sgd["path"]) == len(sgd["loss"]) == sgd["steps"] + 1
+    assert all(len(values) == sgd["steps"] for values in sgd["trace"].values())
+    assert adam["diverged"] is False and adam["steps"] == 300
+
+
+def test_a_run_that_overflows_at_once_keeps_only_the_start():
+    response = _run(steps=10, optimizers=[{"name": "adam", "hyperparameters": {"lr": 1e300}}])
+    result = response.json()["runs"][0]
+    assert response.status_code == 200
+    assert result["path"] == [[-7.0, 2.0]] and result["steps"] == 0 and result["diverged"] is True
+    assert result["trace"]["g"] == []
+
+
+@pytest.mark.parametrize(("body", "location", "words"), [
+    ({"surface": "moon"}, ("body", "surface"), "ellipse"),
+    ({"steps": 0}, ("body", "steps"), "greater than or equal to 1"),
+    ({"steps": MAX_STEPS + 1}, ("body", "steps"), f"{MAX_STEPS}"),
+    ({"steps": 2.5}, ("body", "steps"), "integer"),
+    ({"optimizers": []}, ("body", "optimizers"), "at least 1"),
+    ({"optimizers": [{"name": "sgd"}] * (MAX_OPTIMIZERS + 1)}, ("body", "optimizers"), f"{MAX_OPTIMIZERS}"),
+    ({"steps": MAX_STEPS, "optimizers": [{"name": "sgd"}] * 3}, ("body", "steps"), f"{MAX_TOTAL_STEPS}"),
+    ({"optimizers": [{"name": "lion"}]}, ("body", "optimizers", 0), "'adam'"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"lr": -1.0}}]},
+     ("body", "optimizers", 0, "hyperparameters", "lr"), "Invalid lr: -1.0"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"lr": "0.1"}}]},
+     ("body", "optimizers", 0, "adam", "hyperparameters", "lr"), "number"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"lr": True}}]},
+     ("body", "optimizers", 0, "adam", "hyperparameters", "lr"), "number"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"betas": [1.0, 0.999]}}]},
+     ("body", "optimizers", 0, "hyperparameters", "betas"), "Invalid betas[0]: 1.0"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"betas": [0.9]}}]},
+     ("body", "optimizers", 0, "adam", "hyperparameters", "betas", 1), "required"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"beta1": 0.9}}]},
+     ("body", "optimizers", 0, "adam", "hyperparameters", "beta1"), "Extra inputs"),
+    ({"optimizers": [{"name": "sgd", "hyperparameters": {"momentum": 0.9}}]},
+     ("body", "optimizers", 0, "sgd", "hyperparameters", "momentum"), "Extra inputs"),
+    ({"optimizers": [{"name": "nesterov", "hyperparameters": {"momentum": 0.0}}]},
+     ("body", "optimizers", 0, "hyperparameters", "nesterov"), "needs momentum > 0"),
+    ({"optimizers": [{"name": "rmsprop", "hyperparameters": {"alpha": 1.0}}]},
+     ("body", "optimizers", 0, "hyperparameters", "alpha"), "Invalid alpha"),
+    ({"optimizers": [{"name": "adam", "hyperparameters": {"amsgrad": "yes"}}]},
+     ("body", "optimizers", 0, "adam", "hyperparameters", "amsgrad"), "boolean"),
+    ({"start": [100.0, 0.0]}, ("body", "start"), "outside ellipse's bounds"),
+    ({"start": [1.0]}, ("body", "start"), "takes 2 coordinate(s)"),
+    ({"start": [1.0, 2.0, 3.0]}, ("body", "start"), "at most 2"),
+    ({"extra": 1}, ("body", "extra"), "Extra inputs"),
+])
+def test_bad_input_gets_422_naming_the_field(body, location, words):
+    found_location, message = _error(_run(**body))
+    assert found_location == location
+    assert words in message
+
+
+@pytest.mark.parametrize("text", ['{"surface": "ellipse", "optimizers": [{"name": "adam", "hyperparameters": '
+                                  '{"lr": NaN}}]}',
+                                  '{"surface": "ellipse", "start": [1e400, 0], "optimizers": [{"name": "sgd"}]}',
+                                  '{"surface": "ellipse", "optimizers": [{"name": "adam"}',
+                                  ''])
+def test_non_finite_numbers_and_broken_json_get_422(text):
+    response = client.post("/api/run", content=text, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_the_largest_request_is_answered():
+    response = _run(steps=MAX_TOTAL_STEPS // MAX_OPTIMIZERS, optimizers=[{"name": "adam"}] * MAX_OPTIMIZERS)
+    assert response.status_code == 200
+    assert len(response.json()["runs"]) == MAX_OPTIMIZERS
+
+
+def test_openapi_documents_the_api():
+    schema = client.get("/openapi.json").json()
+    assert {"/api/run", "/api/surfaces", "/api/surfaces/{name}/grid", "/api/optimizers"} <= set(schema["paths"])
+    components = schema["components"]["schemas"]
+    request = components["RunRequest"]
+    assert request["examples"][0]["surface"] == "ellipse"
+    assert "steps × optimizers" in request["properties"]["optimizers"]["description"]
+    assert request["properties"]["steps"]["maximum"] == MAX_STEPS
+    adam = components["AdamHyperparameters"]["properties"]
+    assert adam["lr"]["default"] == 1e-3 and "learning rate" in adam["lr"]["description"]
+    assert "422" in schema["paths"]["/api/run"]["post"]["responses"]
+
+
+def test_the_page_and_plotly_are_served_locally():
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'src="/vendor/plotly.min.js"' in page.text and "cdn" not in page.text.lower()
+    plotly = client.get("/vendor/plotly.min.js")
+    assert plotly.status_code == 200 and "javascript" in plotly.headers["content-type"]
+    assert len(plotly.content) > 1_000_000
+    for name in ("playground.js", "playground.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+# --- schemathesis: generated requests against the OpenAPI schema never cause a server error ---------------
+
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=list(HealthCheck))
+def test_no_generated_request_breaks_the_server(case):
+    response = case.call_and_validate(checks=[not_a_server_error, status_code_conformance,
+                                              response_schema_conformance])
+    json.loads(response.text)  # valid JSON, whatever the input: no NaN or Infinity
