@@ -1,0 +1,294 @@
+"""The numba backend against the rules evaluated directly (`Rule.step` on tensors, as the eager backend does).
+
+Every compiled variant costs about 1.5 s the first time (then it loads from the disk cache), so the
+float32 tests cover every variant and the other dtypes cover every rule with its default flags.
+"""
+
+import io
+import subprocess
+import sys
+import textwrap
+import tokenize
+
+import numpy as np
+import pytest
+import torch
+
+from optimlab.backends import BACKENDS, numba_cpu
+from optimlab.rules import OPTIMIZERS, RULES
+
+#: Every rule and every structural variant (each distinct set of flags is its own compiled driver).
+VARIANTS = {
+    "sgd": ("sgd", {"lr": 0.1}),
+    "sgd-decay-maximize": ("sgd", {"lr": 0.1, "weight_decay": 0.1, "maximize": True}),
+    "momentum": ("momentum", {"lr": 0.05, "momentum": 0.9}),
+    "momentum-dampening-decay": ("momentum", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01}),
+    "nesterov-maximize": ("nesterov", {"lr": 0.05, "momentum": 0.9, "maximize": True}),
+    "adagrad": ("adagrad", {"lr": 0.1}),
+    "adagrad-decay-eps-root": ("adagrad", {"lr": 0.1, "lr_decay": 0.1, "eps_root": 1e-8, "weight_decay": 0.01,
+                                           "initial_accumulator_value": 0.1}),
+    "rmsprop": ("rmsprop", {"lr": 0.01}),
+    "rmsprop-centered": ("rmsprop", {"lr": 0.01, "alpha": 0.9, "centered": True}),
+    "rmsprop-momentum": ("rmsprop", {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01}),
+    "rmsprop-centered-momentum-maximize": ("rmsprop", {"lr": 0.01, "centered": True, "momentum": 0.5,
+                                                       "eps_root": 1e-8, "maximize": True}),
+    "adam": ("adam", {"lr": 0.01}),
+    "adam-amsgrad-decay": ("adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.01}),
+    "adam-maximize-eps-root": ("adam", {"lr": 0.01, "maximize": True, "eps": 0.0, "eps_root": 1e-8}),
+    "adamw": ("adamw", {"lr": 0.01}),
+    "adamw-amsgrad-maximize": ("adamw", {"lr": 0.01, "amsgrad": True, "maximize": True, "betas": (0.8, 0.99)}),
+}
+#: One configuration per rule, for the dtype tests (the first momentum step is a variant of its own too).
+PER_RULE = ["sgd", "momentum", "adagrad", "rmsprop-centered-momentum-maximize", "adam"]
+
+#: Empty, tiny, odd, an offset (unaligned) view each, and one spanning several parallel chunks.
+SIZES = (3, 0, 1, 1030, 2 * numba_cpu.CHUNK + 7)
+BACKEND = numba_cpu.BACKEND
+
+
+def _setup(name, sizes=SIZES, dtype=torch.float32, state_dtype=None, seed=0):
+    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
+    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.randn(size + 1, generator=generator).to(dtype)[1:] for size in sizes]  # offset views
+    states = [[torch.full_like(param, rule.initial_state(state, hyper), dtype=state_dtype or dtype)
+               for state in rule.active_state(hyper)] for param in params]
+    return rule, hyper, params, states, generator
+
+
+def _reference(rule, hyper, params, grads, states, step, grad_scale=1.0, compute=torch.float32):
+    """`rule.step` on tensors in the compute dtype, on copies, rounded back to each tensor's dtype."""
+    active = rule.active_state(hyper)
+    new_params, new_states = [], []
+    for param, grad, state in zip(params, grads, states, strict=True):
+        new_param, new_state = rule.step(param.to(compute), grad.to(compute) / grad_scale,
+                                         {n: s.to(compute) for n, s in zip(active, state, strict=True)}, step, hyper)
+        new_params.append(new_param.to(param.dtype))
+        new_states.append([new_state[n].to(s.dtype) for n, s in zip(active, state, strict=True)])
+    return new_params, new_states
+
+
+def _assert_close(actual, expected, **tolerance):
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True, **tolerance)
+
+
+def _run_and_compare(name, steps=(1, 2, 3), dtype=torch.float32, state_dtype=None, tolerance=None, **setup):
+    rule, hyper, params, states, generator = _setup(name, dtype=dtype, state_dtype=state_dtype, **setup)
+    compute = torch.float64 if torch.float64 in (dtype, state_dtype) else torch.float32
+    # float32: the kernel rounds `1 - alpha` in float32, torch in float64 before the cast, so results differ by
+    # ulps; near-cancelling elements (θ − η·b with |θ| ≈ 10) need an absolute tolerance of a few ulps at 10.
+    tolerance = tolerance or {"rtol": 1e-5, "atol": 1e-5}
+    for step in steps:
+        grads = [torch.randn(param.shape, generator=generator).to(dtype) for param in params]  # new addresses
+        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step, compute=compute)
+        addresses = [tensor.data_ptr() for tensor in params + [t for state in states for t in state]]
+        BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
+        assert [tensor.data_ptr() for tensor in params + [t for state in states for t in state]] == addresses
+        _assert_close(params, expected_params, **tolerance)
+        for state, expected in zip(states, expected_states, strict=True):
+            _assert_close(state, expected, **tolerance)
+        # continue from the reference so that each step is compared from the same start
+        for tensor, value in zip(params, expected_params, strict=True):
+            tensor.copy_(value)
+        for state, expected in zip(states, expected_states, strict=True):
+            for tensor, value in zip(state, expected, strict=True):
+                tensor.copy_(value)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_float32_matches_the_rule_over_three_steps(name):
+    _run_and_compare(name)
+
+
+@pytest.mark.parametrize("name", PER_RULE)
+def test_float64_matches_the_rule(name):
+    _run_and_compare(name, steps=(1, 2), dtype=torch.float64, tolerance={"rtol": 1e-12, "atol": 1e-14})
+
+
+@pytest.mark.parametrize("name", PER_RULE)
+def test_bfloat16_params_are_computed_in_float32_and_rounded_once(name):
+    # The same float32 result rounded to bfloat16 — up to one bfloat16 ulp where the float32 values differ
+    # by an ulp right at a rounding boundary.
+    _run_and_compare(name, steps=(1, 2), dtype=torch.bfloat16, sizes=(7, 1500), tolerance={"rtol": 8e-3, "atol": 1e-5})
+
+
+@pytest.mark.parametrize("name", PER_RULE[1:])
+def test_bfloat16_state_for_float32_params(name):
+    _run_and_compare(name, steps=(1, 2), state_dtype=torch.bfloat16, sizes=(5, 1100),
+                     tolerance={"rtol": 8e-3, "atol": 1e-6})
+
+
+def test_bfloat16_state_halves_the_state_memory_and_rounds_to_nearest_even():
+    rule, hyper, params, states, generator = _setup("adam", sizes=(5, 1100), state_dtype=torch.bfloat16)
+    grads = [torch.randn(param.shape, generator=generator) for param in params]
+    expected_params, expected_states = _reference(rule, hyper, params, grads, states, 1)
+    BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+    for state, expected in zip(states, expected_states, strict=True):
+        assert all(tensor.element_size() == 2 for tensor in state)
+        # the float32 values agree to an ulp (see `_run_and_compare`), so rounding them agrees bit for bit
+        # except where that ulp straddles a bfloat16 rounding boundary: then by one bfloat16 ulp
+        for got, want in zip(state, expected, strict=True):
+            assert (got == want).float().mean() > 0.99
+            torch.testing.assert_close(got, want, rtol=2**-7, atol=0)
+
+
+def test_bfloat16_conversions_are_torchs_bit_for_bit():
+    import numba
+
+    widen = numba_cpu.driver_helper("bfloat16_to_float32")
+    narrow = numba_cpu.driver_helper("float32_to_bfloat16")
+
+    @numba.njit
+    def round_trip(values, bits, widened):
+        for i in range(values.shape[0]):
+            bits[i] = narrow(values[i])
+            widened[i] = widen(bits[i])
+
+    special = [0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, -np.nan, 1e-40, -1e-45, 3.4e38,
+               1.00390625, 1.01171875, 1.0039063, 1.0039062]  # ties to even both ways, just above/below a tie
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.array(special, np.float32),
+                             rng.integers(0, 2**32, 10000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    bits, widened = np.empty(len(values), np.uint16), np.empty(len(values), np.float32)
+    round_trip(values, bits, widened)
+    expected = torch.from_numpy(values).to(torch.bfloat16)
+    nan = np.isnan(values)
+    # NaN stays NaN (as the canonical 0x7FC0 of `c10::BFloat16`; torch's vectorized cast writes 0xFFFF)
+    assert np.array_equal(bits[~nan], expected.view(torch.int16).numpy().view(np.uint16)[~nan])
+    assert (bits[nan] == 0x7FC0).all()
+    assert np.array_equal(widened, expected.float().numpy(), equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adagrad", "rmsprop-centered-momentum-maximize", "adam",
+                                  "adam-amsgrad-decay"])
+def test_nonfinite_gradients_behave_as_in_eager(name):
+    rule, hyper, params, states, generator = _setup(name, sizes=(6, 2000))
+    for step in (1, 2):
+        grads = [torch.randn(param.shape, generator=generator) for param in params]
+        grads[0][:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        grads[1][::97] = float("inf")
+        grads[1][5::101] = float("nan")
+        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
+        for got, want in zip(params + sum(states, []), expected_params + sum(expected_states, []), strict=True):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.isinf(), want.isinf())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
+def test_grad_scale_divides_the_gradients_and_leaves_them_alone(as_tensor):
+    rule, hyper, params, states, generator = _setup("adam")
+    grads = [torch.randn(param.shape, generator=generator) * 1024 for param in params]
+    originals = [grad.clone() for grad in grads]
+    expected_params, _ = _reference(rule, hyper, params, grads, states, 1, grad_scale=1024.0)
+    scale = torch.tensor(1024.0) if as_tensor else 1024.0
+    BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states, grad_scale=scale)
+    _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+    _assert_close(grads, originals, rtol=0, atol=0)
+
+
+def test_tensor_coefficients_and_new_values_reuse_the_compiled_driver():
+    rule, hyper, params, states, generator = _setup("adamw", sizes=(9, 40))
+    compiled = None
+    for step, lr in enumerate((0.1, 0.05, 0.02), start=1):
+        tensor_hyper = {**hyper, "lr": torch.tensor(lr)}
+        grads = [torch.randn(param.shape, generator=generator) for param in params]
+        expected_params, _ = _reference(rule, {**hyper, "lr": lr}, params, grads, states, step)
+        BACKEND.step(rule, tensor_hyper, rule.coefficients(step, **tensor_hyper), params, grads, states)
+        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        compiled = compiled or set(numba_cpu._DRIVERS)
+        assert set(numba_cpu._DRIVERS) == compiled  # lr is a launch argument, not compiled in
+
+
+def test_mixed_dtypes_in_one_group_and_a_non_contiguous_grad():
+    rule, hyper, params, states, generator = _setup("sgd", sizes=(4, 6, 8))
+    params[1] = params[1].to(torch.float64)
+    grads = [torch.randn(param.shape, generator=generator).to(param.dtype) for param in params]
+    grads[2] = torch.randn(8, 2, generator=generator)[:, 0]  # a strided gradient
+    expected_params, _ = _reference(rule, hyper, params, grads, states, 1, compute=torch.float64)
+    BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    _assert_close(params, expected_params, rtol=1e-6, atol=1e-7)
+
+
+def test_new_state_tensors_and_replaced_param_data_are_picked_up():
+    """The cached pointer table follows `load_state_dict`-style replacement and `param.data = ...`."""
+    rule, hyper, params, states, generator = _setup("adam", sizes=(10, 20))
+    for step in (1, 2, 3):
+        if step == 2:
+            states = [[tensor.clone() for tensor in state] for state in states]
+        if step == 3:
+            params[0].data = params[0].data.clone()
+        grads = [torch.randn(param.shape, generator=generator) for param in params]
+        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
+        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        _assert_close(sum(states, []), sum(expected_states, []), rtol=1e-5, atol=1e-6)
+
+
+def test_freed_state_drops_the_cached_pointer_table():
+    rule, hyper, params, states, generator = _setup("adam", sizes=(10,))
+    backend = numba_cpu.NumbaCPU()
+    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, [torch.ones(10)], states)
+    assert len(backend._layouts) == 1
+    del states
+    assert len(backend._layouts) == 0
+
+
+def test_the_kernel_is_the_rules_own_code_and_the_driver_holds_no_math():
+    rule = RULES["rmsprop"]
+    variant = numba_cpu.Variant("float32", "float32", (("centered", True), ("maximize", False)),
+                                (True, True, False), False)
+    run = numba_cpu.driver(rule, variant)
+    update = sys.modules[run.py_func.__module__].update
+    assert update.py_func.__code__.co_code == rule.update.__code__.co_code  # the rule's bytecode, compiled
+    assert update.py_func.__code__.co_names == rule.update.__code__.co_names
+    source = numba_cpu.driver_source(rule, variant)
+    assert sum(line.count(" update(") for line in source.splitlines()) == 1
+    arithmetic = {"+", "-", "*", "/", "**", "sqrt", "lerp", "maximum"}
+    for addressing in ("+ 4 * start", "chunk_stop[chunk] - start"):  # the only arithmetic a driver does
+        source = source.replace(addressing, "")
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    assert [(token.start[0], token.string) for token in tokens
+            if token.type in (tokenize.OP, tokenize.NAME) and token.string in arithmetic] == []
+
+
+def test_registered_as_numba_and_chosen_by_auto_for_cpu_tensors():
+    rule, hyper, params, _, _ = _setup("adam")
+    assert BACKENDS["numba"] is BACKEND
+    chosen = next(backend for backend in BACKENDS.values() if backend.supports(rule, hyper, params, None) is None)
+    assert chosen is BACKEND
+
+
+@pytest.mark.parametrize("param, state_dtype, reason", [
+    (torch.zeros(3, dtype=torch.float16), None, "float16"),
+    (torch.zeros(3, dtype=torch.int64), None, "int64"),
+    (torch.zeros(3, 4).t(), None, "contiguous"),
+    (torch.zeros(3, 3).to_sparse(), None, "dense"),
+    (torch.zeros(3, device="meta"), None, "CPU"),
+    (torch.zeros(3), torch.float16, "state dtype"),
+])
+def test_supports_names_what_it_cannot_take(param, state_dtype, reason):
+    rule, hyper, _, _, _ = _setup("adam")
+    assert reason in BACKEND.supports(rule, hyper, [param], state_dtype)
+
+
+def test_compiled_drivers_load_from_the_disk_cache_in_a_new_process():
+    script = textwrap.dedent("""
+        import torch
+        from optimlab.backends import numba_cpu
+        from optimlab.rules import RULES
+        rule = RULES["sgd"]
+        hyper = rule.defaults(lr=0.1)
+        params, grads = [torch.ones(4)], [torch.ones(4)]
+        for _ in range(2):  # the first process may compile; the second must hit the cache
+            numba_cpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, [[]])
+        (run,) = [run for _, run in numba_cpu._DRIVERS.values()]
+        print(sum(run.stats.cache_hits.values()), sum(run.stats.cache_misses.values()))
+    """)
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)]
+    hits, misses = map(int, outputs[-1].split())
+    assert (hits, misses) == (1, 0)
