@@ -29,9 +29,9 @@ from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
 from ..rules import OPTIMIZERS
 from .models import (
-    BadRequest,
     MAX_TOTAL_STEPS,
     PLAYGROUND_LR,
+    BadRequest,
     HyperparameterInfo,
     OptimizerInfo,
     RunRequest,
