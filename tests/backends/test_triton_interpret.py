@@ -147,6 +147,19 @@ def test_tensor_lr_and_new_lr_values_reuse_the_compiled_kernel():
         assert backend._kernels == compiled  # the lr value is loaded in the kernel, not compiled in
 
 
+@pytest.mark.parametrize("name", ["momentum", "adam-amsgrad-decay", "adagrad-decay-eps-root"])
+def test_a_tensor_step_count_is_read_on_the_device(name):
+    """A 0-dim tensor step (PyTorch's `capturable`) makes every step-derived coefficient, `first_step` too, a tensor."""
+    rule, hyper, params, states, generator = _setup(name)
+    expected_params, expected_states = [param.clone() for param in params], [list(state) for state in states]
+    for step in (1, 2):
+        grads = [torch.randn(param.shape, generator=generator) for param in params]
+        expected_params, expected_states = _reference(rule, hyper, expected_params, grads, expected_states, step)
+        coefficients = rule.coefficients(torch.tensor(float(step)), **hyper)
+        triton_gpu.BACKEND.step(rule, hyper, coefficients, params, grads, states)
+        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+
+
 def test_large_tensors_take_the_large_block():
     rule, hyper, params, states, generator = _setup("adam", sizes=(triton_gpu.LARGE_TENSOR + 5,))
     grads = [torch.randn(param.shape, generator=generator) for param in params]
@@ -216,6 +229,15 @@ def test_compiles_for_a_gpu_with_vectorized_access(name):
     code = triton_gpu.ptx(rule, hyper, state_dtype="bfloat16")
     assert "ld.global.v4.b32" in code
     assert "sqrt.approx" not in code
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.parametrize("name", ["momentum", "adam-amsgrad-decay"])
+def test_tensor_coefficients_compile_for_a_gpu(name):
+    """With a tensor step, `if first_step:` is a branch taken on the device: Triton must accept it."""
+    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
+    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
+    assert "ld.global.v4.b32" in triton_gpu.ptx(rule, hyper, step=torch.tensor(2.0))
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")

@@ -260,12 +260,14 @@ class TritonBackend:
                 [grad.data_ptr() for grad in grads], *([tensor.data_ptr() for tensor in column] for column in columns)]
         kinds, arguments = {}, []
         for name in rule.coefficient_names:
-            kind, value = _coefficient(coefficients[name])
+            kind, value = _coefficient(coefficients[name], params[0].device)
             kinds[name] = kind
             arguments.append(value)
-        scale_kind, scale = _coefficient(grad_scale) if grad_scale is not None else ("none", None)
+        scale_kind, scale = _coefficient(grad_scale, params[0].device) if grad_scale is not None else ("none", None)
         if scale_kind == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
+        if found_inf is not None:
+            found_inf = found_inf.to(params[0].device, non_blocking=True)
         extra = ([] if scale is None else [scale]) + ([] if found_inf is None else [found_inf])
         for launch in self._plan(rows, active, params, grads, columns):
             kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, scale_kind, found_inf is not None,
@@ -351,11 +353,12 @@ class TritonBackend:
 
 
 def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32", state_dtype: str | None = None,
-        step: int = 2, aligned: bool = True, large: bool = True, arch: int = 90) -> str:
+        step: Any = 2, aligned: bool = True, large: bool = True, arch: int = 90) -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
-    vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`.
+    vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`. `step` may be a 0-dim tensor,
+    which turns the step-derived coefficients into loads on the device.
     """
     triton = _triton()
     if triton is None:
@@ -377,7 +380,9 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             signature[name] = "constexpr"
             constants[(index,)] = block if name == "BLOCK" else coefficients[name]
         else:
-            signature[name] = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}.get(name, "fp32")
+            pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
+            signature[name] = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}.get(
+                name, pointer if name.endswith("_pointer") else "fp32")
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
                        attrs={(0,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
@@ -410,11 +415,20 @@ def _on(device: Any) -> Any:
     return torch.cuda.device(device)
 
 
-def _coefficient(value: Any) -> tuple[str, Any]:
-    """How a coefficient is passed: a structural bool as constexpr, a number as float32, a tensor by pointer."""
+def _coefficient(value: Any, device: Any = None) -> tuple[str, Any]:
+    """How a coefficient is passed: a structural bool as constexpr, a number as float32, a tensor by pointer.
+
+    A tensor on another device than the params' (a CPU step count with CUDA params) cannot be read by the
+    kernel; a CPU one is read here instead, which costs no GPU synchronization.
+    """
     if isinstance(value, bool):
         return "constexpr", value
     if hasattr(value, "data_ptr"):
+        if device is not None and value.device != device:
+            if value.device.type != "cpu":
+                raise ValueError(f"a coefficient tensor is on {value.device}, the params on {device}")
+            value = value.item()
+            return ("constexpr", value) if isinstance(value, bool) else ("value", float(value))
         return ("bool_pointer" if str(value.dtype) == "torch.bool" else "pointer"), value
     return "value", float(value)
 
