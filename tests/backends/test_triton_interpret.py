@@ -196,6 +196,8 @@ def test_supports_cpu_tensors_only_when_interpreting(monkeypatch):
     assert triton_gpu.BACKEND.supports(rule, hyper, params, torch.bfloat16) is None
     monkeypatch.delenv("TRITON_INTERPRET")
     assert "CUDA" in triton_gpu.BACKEND.supports(rule, hyper, params, None)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "CUDA" in triton_gpu.BACKEND.supports(rule, hyper, params, None)
 
 
 @pytest.mark.parametrize("param, reason", [

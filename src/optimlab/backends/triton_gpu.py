@@ -222,6 +222,11 @@ class TritonBackend:
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
         """None if Triton is installed and every param is a contiguous fp32/fp16/bf16 tensor on the right device."""
+        on_cpu = all(param.device.type == "cpu" for param in params)
+        if on_cpu and os.environ.get("TRITON_INTERPRET", "0").lower() in ("", "0", "false", "off", "no"):
+            # decided without importing Triton, so `backend="auto"` on CPU tensors stays cheap
+            return ("the triton backend needs CUDA tensors, got CPU tensors "
+                    "(set TRITON_INTERPRET=1 to run it on the CPU)")
         if _triton() is None:
             return "triton is not installed (pip install optimlab[gpu])"
         interpret = interpreting()
