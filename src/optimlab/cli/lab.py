@@ -97,7 +97,8 @@ def _written(out: Path, files: tuple[str, ...]) -> None:
 def paths(
     surface: str = typer.Option("ellipse", "--surface", "-s",
                                 help="notes, ellipse, rosenbrock, beale, saddle or rastrigin"),
-    preset: str = typer.Option(None, help="a named setting instead: 'dlfs' (the ellipse, DLFS's lrs) or 'notes'"),
+    preset: str = typer.Option(None, help="a named setting: 'dlfs' (the ellipse, DLFS's lrs) or 'notes' "
+                                     "(sets surface, optimizers, lrs and steps)"),
     optimizers: str = typer.Option(_NOTES, help=_OPTIMIZERS_HELP),
     lr: str = typer.Option(None, help=_LR_HELP + "; the others are swept"),
     steps: int = typer.Option(None, help="steps per optimizer (default: per surface, e.g. 30 on the ellipse)"),

@@ -54,14 +54,15 @@ def lr_sweeps(surface: Surface | str, optimizers: Iterable[str], steps: int,
     return {name: sweep(surface, name, {"lr": grid}, start=start, steps=steps) for name in optimizers}
 
 
-def compare(surface: Surface | str, optimizers: Iterable[str] = NOTES_OPTIMIZERS,
+def compare(surface: Surface | str, optimizers: Iterable[str] | None = None,
             lrs: Mapping[str, float] | None = None, steps: int = 100, start: Sequence[float] | None = None,
             sweeps: Mapping[str, Sweep] | None = None) -> dict[str, Run]:
     """Each optimizer's run, at `lrs[name]` if given, else at the best lr of its sweep in `sweeps`.
 
-    Missing sweeps are computed with `lr_sweeps`. Returns the runs in the order of `optimizers`.
+    `optimizers` defaults to the names in `lrs`, or the notes' five without it. Missing sweeps are computed
+    with `lr_sweeps`. Returns the runs in the order of `optimizers`.
     """
-    names = list(lrs) if lrs and optimizers is NOTES_OPTIMIZERS else list(optimizers)
+    names = list(optimizers) if optimizers is not None else list(lrs) if lrs else list(NOTES_OPTIMIZERS)
     given = dict(lrs or {})
     missing = [name for name in names if name not in given and not (sweeps and name in sweeps)]
     chosen_from = {**(sweeps or {}), **lr_sweeps(surface, missing, steps, start=start)}

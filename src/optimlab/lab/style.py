@@ -13,10 +13,12 @@ NOTES_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adagrad", "rmsprop", "a
 
 
 def label(optimizer: str) -> str:
+    """The optimizer's display name: "AdaGrad" for "adagrad"."""
     return LABELS.get(optimizer, optimizer)
 
 
 def color(optimizer: str) -> str:
+    """The optimizer's colour in every figure."""
     return COLORS.get(optimizer, "#333333")
 
 

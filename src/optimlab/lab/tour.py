@@ -69,8 +69,9 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
         files.append(paths.plot_lr_sweep(surface_, sweeps, out / f"lr-sweep-{name}.png").name)
         body.append(figure(files[-1], "Where each lr came from: one vectorized sweep per optimizer, scored by "
                                       "the mean of f − f* along the path (lower is better)."))
+    floor = surface_.minimum_value
     rows = [[label(optimizer), format_lr(result.hyperparameters["lr"]), "given" if optimizer in given else "sweep",
-             f"{result.loss[-1]:.4g}", _first_below(result.loss - (surface_.minimum_value or 0.0), 1e-3)]
+             f"{result.loss[-1]:.4g}", "—" if floor is None else _first_below(result.loss - floor, 1e-3)]
             for optimizer, result in runs.items()]
     body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", "first step with f − f* < 10⁻³"],
                       rows))

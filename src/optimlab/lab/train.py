@@ -125,6 +125,7 @@ def train(optimizer: str, data: Digits, lr: float | None = None, epochs: int = 1
 
 
 def steps_per_epoch(data: Digits, batch_size: int) -> int:
+    """Minibatches per epoch (the last one may be smaller)."""
     return -(-len(data.train_y) // batch_size)
 
 
