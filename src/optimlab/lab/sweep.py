@@ -24,7 +24,8 @@ hyperparameters a rule branches on (`weight_decay`, RMSProp's `momentum`) must b
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,21 +167,16 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
     columns = {name: _as_array(value) for name, value in validated.items()}
 
     point = np.broadcast_to(np.asarray(start, dtype=np.float64), (n_configs, len(start))).copy()
-    state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
-             for name in rule.active_state(columns)}
     path = np.empty((steps + 1, *point.shape))
     path[0] = point
     trace: dict[str, np.ndarray] = {}
-    with np.errstate(all="ignore"):  # a diverging lr is a result of the sweep, not an error
+    # a diverging lr is a result of the sweep, not an error
+    with np.errstate(all="ignore"), _no_branching_on(rule, varied):
+        state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
+                 for name in rule.active_state(columns)}
         for t in range(1, steps + 1):
             grad = gradient(t, point)
-            try:
-                point, state = rule.step(point, grad, state, t, columns)
-            except ValueError as error:
-                if "truth value of an array" not in str(error):
-                    raise
-                raise ValueError(f"Invalid sweep: the {rule.name} rule branches on one of {', '.join(varied)}, "
-                                 f"so it must be the same for every config; run one sweep per value") from None
+            point, state = rule.step(point, grad, state, t, columns)
             path[t] = point
             if record_trace:
                 _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns)}, point.shape)
@@ -206,6 +202,18 @@ def best_lr(surface: Surface | str, optimizer: str, lrs: Sequence[float] | np.nd
     grid = np.geomspace(1e-4, 10.0, 200) if lrs is None else np.asarray(lrs, dtype=np.float64)
     result = sweep(surface, optimizer, {**(hyperparameters or {}), "lr": grid}, start, steps)
     return float(grid[result.best()])
+
+
+@contextmanager
+def _no_branching_on(rule: Rule, varied: tuple[str, ...]) -> Iterator[None]:
+    """Turn NumPy's "truth value of an array is ambiguous" — a rule branching on a swept value — into a reason."""
+    try:
+        yield
+    except ValueError as error:
+        if "truth value of an array" not in str(error):
+            raise
+        raise ValueError(f"Invalid sweep: the {rule.name} rule branches on one of {', '.join(varied)}, "
+                         f"so it must be the same for every config; run one sweep per value") from None
 
 
 # --- configurations ------------------------------------------------------------------------------------
