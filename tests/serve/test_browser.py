@@ -92,7 +92,15 @@ def test_click_runs_from_there_and_lr_changes_the_trajectory(browser, live_serve
     assert "focus" in (card.get_attribute("class") or "")
     assert errors == []
 
-    restored, errors = _open(browser, page.url)  # the link reproduces the picture
+    url = page.url
+    lr.fill("-1")  # the rule refuses it: the server's 422 is shown, naming the optimizer and the field
+    lr.press("Tab")
+    status = page.locator("#status.error")
+    status.wait_for(timeout=10_000)
+    assert status.inner_text().startswith("Adam, lr: Invalid lr: -1.0")
+    assert _trajectories(page) == changed
+
+    restored, errors = _open(browser, url)  # the link reproduces the picture
     assert restored.locator("#adam-lr").input_value() == "1"
     assert _trajectories(restored) == changed
     assert errors == []
@@ -110,7 +118,7 @@ def test_the_notes_parabola_in_one_dimension(browser, live_server):
 
 def test_screenshot(browser, live_server, tmp_path):
     """The README's picture: the DLFS quartet with Adam's step 12 under the pointer."""
-    page, errors = _open(browser, live_server, width=1360, height=940)
+    page, errors = _open(browser, live_server, width=1440, height=940)
     page.mouse.move(*_pixel(page, *_trajectories(page)["Adam"][12]))
     page.locator('#trace .card[data-optimizer="adam"] thead', has_text="t = 12").wait_for(timeout=5_000)
     target = Path(os.environ.get("OPTIMLAB_SCREENSHOT") or tmp_path / "serve.png")

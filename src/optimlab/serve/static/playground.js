@@ -10,6 +10,8 @@ const LABELS = {
   g: "g_t", m: "m_t", v: "v_t", m_hat: "m̂_t", v_hat: "v̂_t", alpha_t: "α_t", b: "b_t", V: "V_t = ηb_t",
   h: "h_t", rate: "η/(√h+ε)", s: "s_t", g_avg: "ḡ_t", update: "Δx",
 };
+// Per-step scalars (the lab broadcasts them to every coordinate): shown once.
+const SCALARS = new Set(["alpha_t"]);
 // Hyperparameters shown up front; the others sit under "more".
 const PRIMARY = new Set(["lr", "momentum", "betas", "alpha", "eps", "eps_root"]);
 const DEFAULT_TICKED = ["sgd", "momentum", "adagrad", "adam"];
@@ -43,10 +45,19 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+// Ten significant digits, as `optimlab trace` prints them (Python's "{:.10g}").
 function formatNumber(value) {
   if (typeof value !== "number") return String(value);
   if (value === 0) return "0";
-  return String(Number(value.toPrecision(10)));
+  const rounded = Number(value.toPrecision(10));
+  const exponent = Math.floor(Math.log10(Math.abs(rounded)));
+  if (exponent < -4 || exponent >= 10) {
+    const [mantissa, power] = value.toExponential(9).split("e");
+    const sign = power[0] === "-" ? "-" : "+";
+    const digits = power.replace(/^[+-]/, "").padStart(2, "0");
+    return `${mantissa.replace(/\.?0+$/, "")}e${sign}${digits}`;
+  }
+  return String(rounded);
 }
 
 function short(value) {
@@ -352,7 +363,7 @@ function drawSurface() {
   if (surface.dim === 2) {
     traces.push({
       type: "contour", x: grid.x, y: grid.y, z: displayLevels(grid.z), customdata: grid.z, ncontours: 24,
-      colorscale: [[0, "#fdfdfd"], [0.5, "#dbe6f0"], [1, "#9fb7cf"]], showscale: false,
+      colorscale: [[0, "#ffffff"], [0.5, "#e4ebf2"], [1, "#bccbdb"]], showscale: false,
       line: {color: "rgba(60, 80, 100, 0.35)", width: 0.6},
       hovertemplate: "x = %{x:.3f}, y = %{y:.3f}<br>f = %{customdata:.4g}<extra>click: start here</extra>",
     });
@@ -432,19 +443,23 @@ function drawRuns() {
   }
   drawStart();
   Plotly.addTraces(contour, [...runs.map((result) => runTrace(result, 0)), selectedTrace()]);
-  const positive = runs.length > 0 && runs.every((result) => result.loss.every((value) => value > 0));
-  Plotly.react($("#loss"), runs.map((result) => lossTrace(result, 0)), lossLayout(positive), PLOT_CONFIG);
+  const losses = runs.flatMap((result) => result.loss);
+  const logarithmic = losses.length > 0 && losses.every((value) => value > 0);
+  const decades = logarithmic ? Math.log10(Math.max(...losses) / Math.min(...losses)) : 0;
+  Plotly.react($("#loss"), runs.map((result) => lossTrace(result, 0)), lossLayout(logarithmic, decades >= 2),
+               PLOT_CONFIG);
   const slider = $("#step");
   slider.max = Math.max(0, ...runs.map((result) => result.steps));
 }
 
-function lossLayout(logarithmic) {
+// The loss axis: logarithmic where every f is positive, with a tick per decade where it spans several.
+function lossLayout(logarithmic, perDecade) {
   return {
     font: FONT, margin: {l: 60, r: 12, t: 34, b: 40}, dragmode: false, hovermode: "closest",
     title: {text: "f(x_t) against step t", font: {size: 13}, x: 0.02},
     xaxis: {range: [0, state.steps], title: {text: "step t"}, fixedrange: true, zeroline: false},
     yaxis: {type: logarithmic ? "log" : "linear", title: {text: "f(x_t)"}, fixedrange: true,
-            exponentformat: "power"},
+            exponentformat: "power", dtick: perDecade ? 1 : undefined},
     legend: {x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.8)"}, plot_bgcolor: "#fafafa",
     shapes: [],
   };
@@ -492,7 +507,9 @@ function drawTrace() {
     const t = Math.min(state.step, result.steps);
     const rows = [];
     if (t >= 1) {
-      for (const [name, values] of Object.entries(result.trace)) rows.push([LABELS[name] || name, values[t - 1]]);
+      for (const [name, values] of Object.entries(result.trace)) {
+        rows.push([LABELS[name] || name, SCALARS.has(name) ? values[t - 1].slice(0, 1) : values[t - 1]]);
+      }
     }
     rows.push([t === 0 ? "x₀ (start)" : "x_t", result.path[t]]);
     rows.push(["f(x_t)", [result.loss[t]]]);
@@ -500,7 +517,8 @@ function drawTrace() {
       element("thead", {}, element("tr", {}, element("th", {}, `t = ${t}`),
                                    ...components.map((component) => element("th", {}, component)))),
       element("tbody", {}, ...rows.map(([label, values]) => element("tr", {}, element("th", {}, label),
-        ...values.map((value) => element("td", {class: "mono"}, formatNumber(value)))))));
+        ...values.map((value) => element("td", {class: "mono", colspan: values.length === 1 ? components.length : 1},
+                                         formatNumber(value)))))));
     const lr = result.hyperparameters.lr;
     const note = result.diverged && state.step > result.steps ? element("p", {class: "warn"}, result.message) : "";
     const card = element("div", {class: `card${index === state.focus ? " focus" : ""}`,
@@ -594,7 +612,7 @@ async function main() {
   state.start = [...state.surfaces[state.surface].start];
   loadHash();
   await loadSurface(state.surface);
-  Plotly.newPlot($("#loss"), [], lossLayout(false), PLOT_CONFIG);
+  Plotly.newPlot($("#loss"), [], lossLayout(false, false), PLOT_CONFIG);
 
   $("#surface").addEventListener("change", async (event) => {
     await loadSurface(event.target.value);
