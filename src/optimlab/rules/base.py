@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -39,9 +40,9 @@ class Rule:
     trace: Callable[..., dict[str, Any]]
     initial_state: Callable[[str, Mapping[str, Any]], float] = lambda name, hyperparameters: 0.0
 
-    @property
+    @functools.cached_property
     def coefficient_names(self) -> tuple[str, ...]:
-        """The per-step scalar arguments of `update`, in order."""
+        """The per-step scalar arguments of `update`, in order (read once from its signature)."""
         parameters = list(inspect.signature(self.update).parameters)
         return tuple(parameters[2 + len(self.state_names):])
 
