@@ -243,6 +243,15 @@ def test_tensor_coefficients_compile_for_a_gpu(name):
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_tails_vectorize_when_every_size_is_a_multiple_of_four():
+    """10,000 tensors of 1,000: every chunk is a tail, and still loads 128 bits at a time."""
+    rule, _ = OPTIMIZERS["adam"]
+    full_chunks_only = triton_gpu.ptx(rule, rule.defaults(), large=False).count("ld.global.v4.b32")
+    assert triton_gpu.ptx(rule, rule.defaults(), large=False, numel_multiple=8).count("ld.global.v4.b32") \
+        == 2 * full_chunks_only
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
 def test_unaligned_tensors_compile_without_vector_hints():
     rule, _ = OPTIMIZERS["adam"]
     assert "ld.global.v4" not in triton_gpu.ptx(rule, rule.defaults(), aligned=False)

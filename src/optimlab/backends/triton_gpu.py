@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import linecache
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -126,7 +127,7 @@ def _tl_dtype(dtype: Any) -> str:
 
 
 def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str], dtypes: tuple[str, ...],
-                   grad_scale: str, found_inf: bool, aligned: bool) -> str:
+                   grad_scale: str, found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
     """Python source of the kernel for one rule and one configuration.
 
     `kinds[c]` says how coefficient `c` arrives: "constexpr" (a structural bool), "value" (a float32
@@ -186,6 +187,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
             body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, 16)")
     if aligned:
         body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, BLOCK), BLOCK)")
+        if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
+            body.append(f"numel = tl.multiple_of(numel, {numel_multiple})")
     # Full chunks take the unmasked path, which the compiler can vectorize; only a tensor's tail is masked.
     body.append("if tl.load(blocks + total_blocks + pid) * BLOCK + BLOCK <= numel:")
     body += ["    " + line for line in chunk(masked=False)]
@@ -207,6 +210,7 @@ class _Launch(NamedTuple):
     block: int
     warps: int
     aligned: bool
+    numel_multiple: int
 
 
 class TritonBackend:
@@ -276,7 +280,7 @@ class TritonBackend:
         extra = ([] if scale is None else [scale]) + ([] if found_inf is None else [found_inf])
         for launch in self._plan(rows, active, params, grads, columns):
             kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, scale_kind, found_inf is not None,
-                                  launch.aligned)
+                                  launch.aligned, launch.numel_multiple)
             with _on(params[0].device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
                 kernel[(launch.total_blocks,)](launch.meta, launch.n_tensors, launch.total_blocks, *arguments,
@@ -329,22 +333,26 @@ class TritonBackend:
         index_in_tensor = torch.arange(total_blocks) - first_block[tensor_of_block]
         addresses = torch.tensor(rows[1:], dtype=torch.int64)
         aligned = bool(((addresses % 16) == 0).all())
+        sizes = math.gcd(*rows[0])
+        numel_multiple = math.gcd(sizes & -sizes, 16) if sizes else 16  # the largest power of two ≤ 16 dividing all
         meta = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor])
         if device.type != "cpu":
             meta = meta.to(device, non_blocking=True)
-        return _Launch(dtypes, meta, len(numels), total_blocks, block, warps, aligned)
+        return _Launch(dtypes, meta, len(numels), total_blocks, block, warps, aligned, numel_multiple)
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
-                dtypes: tuple[str, ...], grad_scale: str, found_inf: bool, aligned: bool) -> Any:
+                dtypes: tuple[str, ...], grad_scale: str, found_inf: bool, aligned: bool,
+                numel_multiple: int = 1) -> Any:
         interpret = interpreting()
-        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, grad_scale, found_inf, aligned, interpret)
+        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, grad_scale, found_inf, aligned,
+               numel_multiple, interpret)
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
         update_key = (id(rule), interpret)
         if update_key not in self._updates:
             self._updates[update_key] = rule.specialize(_natives(triton), triton.jit)
-        source = _kernel_source(rule, active, kinds, dtypes, grad_scale, found_inf, aligned)
+        source = _kernel_source(rule, active, kinds, dtypes, grad_scale, found_inf, aligned, numel_multiple)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
@@ -358,7 +366,7 @@ class TritonBackend:
 
 
 def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32", state_dtype: str | None = None,
-        step: Any = 2, aligned: bool = True, large: bool = True, arch: int = 90) -> str:
+        step: Any = 2, aligned: bool = True, numel_multiple: int = 1, large: bool = True, arch: int = 90) -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
@@ -377,7 +385,7 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
-        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, "none", False, aligned)
+        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, "none", False, aligned, numel_multiple)
     signature, constants = {}, {}
     for index, parameter in enumerate(kernel.params):
         name = parameter.name
