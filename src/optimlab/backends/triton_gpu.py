@@ -131,7 +131,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     """Python source of the kernel for one rule and one configuration.
 
     `kinds[c]` says how coefficient `c` arrives: "constexpr" (a structural bool), "value" (a float32
-    argument) or "pointer" (a 0-dim tensor loaded in the kernel); `grad_scale` is one of those or "none".
+    argument), "pointer" or "bool_pointer" (a 0-dim tensor loaded in the kernel); `grad_scale` is one of
+    those or "none".
     `dtypes` are the Triton dtypes of param, grad and each active state.
     """
     slots = ("param", "grad", *active)
@@ -178,7 +179,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         "pid = tl.program_id(0)",
         f"blocks = meta + {1 + len(slots)} * n_tensors",
         "tensor = tl.load(blocks + pid)",
-        "offsets = tl.load(blocks + total_blocks + pid) * BLOCK + tl.arange(0, BLOCK)",
+        "chunk = tl.load(blocks + total_blocks + pid)",
+        "offsets = chunk * BLOCK + tl.arange(0, BLOCK)",
         "numel = tl.load(meta + tensor)",
     ]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True), start=1):
@@ -190,7 +192,7 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
             body.append(f"numel = tl.multiple_of(numel, {numel_multiple})")
     # Full chunks take the unmasked path, which the compiler can vectorize; only a tensor's tail is masked.
-    body.append("if tl.load(blocks + total_blocks + pid) * BLOCK + BLOCK <= numel:")
+    body.append("if chunk * BLOCK + BLOCK <= numel:")
     body += ["    " + line for line in chunk(masked=False)]
     body.append("else:")
     body += ["    " + line for line in chunk(masked=True)]
@@ -235,6 +237,8 @@ class TritonBackend:
             return "triton is not installed (pip install optimlab[gpu])"
         interpret = interpreting()
         for param in params:
+            if type(param).__name__ not in ("Tensor", "Parameter"):
+                return f"the triton backend takes plain tensors, not {type(param).__name__}"
             if interpret and param.device.type != "cpu":
                 return "TRITON_INTERPRET=1 runs Triton kernels on the CPU: params must be CPU tensors"
             if not interpret and param.device.type != "cuda":
