@@ -5,11 +5,11 @@ import pytest
 
 from optimlab.numpy import Momentum
 from optimlab.rules import RULES
-from optimlab.tracing import notes_function, trace
+from optimlab.tracing import trace
 
 
 def test_notes_example_pytorch_form():
-    rows = trace("momentum", notes_function(), [0.0], 5, lr=0.01, momentum=0.9)
+    rows = trace("momentum", "notes", [0.0], 5, lr=0.01, momentum=0.9)
     assert [row["x"] for row in rows] == pytest.approx([0.4, 1.128, 2.09296, 3.1939872, 4.329392704], abs=1e-12)
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from optimlab.rules import RULES
-from optimlab.tracing import notes_function, trace
+from optimlab.tracing import trace
 
 
 def test_gradient_descent_on_the_notes_function():
-    rows = trace("sgd", notes_function(), [0.0], 10, lr=0.1)
+    rows = trace("sgd", "notes", [0.0], 10, lr=0.1)
     assert [row["x"] for row in rows[:5]] == pytest.approx([4.0, 4.8, 4.96, 4.992, 4.9984], abs=1e-12)
     assert next(row["t"] for row in rows if abs(row["x"] - 5) < 1e-3) == 6
 

@@ -45,8 +45,10 @@ class Format(str, Enum):
 def trace(
     optimizer: str = typer.Argument(..., help="sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw"),
     function: str = typer.Option("notes", "--function", "-f",
-                                 help="'notes' for f(x) = (2x - 10)^2, or a Python expression of x and y"),
-    start: str = typer.Option(None, help="start point, comma-separated (default: 0 for each variable)"),
+                                 help="'notes' for f(x) = (2x - 10)^2, a lab surface (ellipse, rosenbrock, beale, "
+                                      "saddle, rastrigin) or a Python expression of x and y"),
+    start: str = typer.Option(None, help="start point, comma-separated (default: the surface's, 0 for an "
+                                         "expression)"),
     lr: float = typer.Option(0.1, help="learning rate η"),
     steps: int = typer.Option(10, help="number of steps"),
     output_format: Format = typer.Option(Format.table, "--format", help="table, csv or json"),
@@ -71,7 +73,7 @@ def trace(
     notes' V_t = η b_t; for AdaGrad h; for RMSProp s.
     """
     from ..rules import lookup
-    from ..tracing import expression_function, notes_function
+    from ..tracing import function as lookup_function
     from ..tracing import trace as run_trace
 
     try:
@@ -81,14 +83,14 @@ def trace(
     given = {name: value for name, value in locals().items() if name in _OPTION_HELP and value is not None}
     hyperparameters = _hyperparameters(rule.name, rule.hyperparameters, given)
     try:
-        target = notes_function() if function == "notes" else expression_function(function)
-        point = _start(start, len(target.variables))
+        target = lookup_function(function)
+        point = list(target.start) if start is None else _start(start)
         rows = run_trace(optimizer, target, point, steps, lr=lr, **hyperparameters)
     except ValueError as error:
         fail(str(error))
     if output_format is Format.json:
         typer.echo(json.dumps({"optimizer": optimizer.lower(), "function": target.formula,
-                               "variables": list(target.variables), "start": _plain_start(point),
+                               "start": _plain_start(point),
                                "hyperparameters": {"lr": lr, **hyperparameters}, "steps": rows}, indent=2))
     elif output_format is Format.csv:
         typer.echo(_csv(rows), nl=False)
@@ -112,9 +114,7 @@ def _hyperparameters(rule_name: str, accepted: dict[str, Any], given: dict[str, 
     return hyperparameters
 
 
-def _start(text: str | None, dimension: int) -> list[float]:
-    if text is None:
-        return [0.0] * dimension
+def _start(text: str) -> list[float]:
     try:
         return [float(item) for item in text.split(",")]
     except ValueError:
