@@ -163,7 +163,8 @@ def _table(optimizer: str, formula: str, start: list[float], lr: float, hyperpar
     from rich.table import Table
 
     settings = ", ".join(f"{key}={value}" for key, value in {"lr": lr, **hyperparameters}.items())
-    table = Table(title=f"{optimizer} on f = {formula} from x₀ = {_format(_plain_start(start))} ({settings})")
+    equation = formula if "=" in formula else f"f = {formula}"
+    table = Table(title=f"{optimizer} on {equation} from x₀ = {_format(_plain_start(start))} ({settings})")
     for key in rows[0]:
         table.add_column(_HEADERS.get(key, key), justify="right", overflow="fold")
     for row in rows:
