@@ -39,6 +39,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
+
 from ..rules import Rule
 from ..rules.base import rebind
 from . import register
@@ -46,6 +48,8 @@ from . import register
 if TYPE_CHECKING:
     import triton.language as tl
 
+#: The dtypes a param (and its state) may have: all are computed in float32.
+_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Elements per program for groups of mostly small tensors and for large ones (with their warp counts).
 SMALL_BLOCK, SMALL_WARPS = 1024, 4
 LARGE_BLOCK, LARGE_WARPS = 4096, 8
@@ -227,28 +231,31 @@ class TritonBackend:
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
-        """None if Triton is installed and every param is a contiguous fp32/fp16/bf16 tensor on the right device."""
-        on_cpu = all(param.device.type == "cpu" for param in params)
-        if on_cpu and os.environ.get("TRITON_INTERPRET", "0").lower() in ("", "0", "false", "off", "no"):
+        """None if Triton is installed and every param is a contiguous fp32/fp16/bf16 tensor on the right device.
+
+        Called by the front end on every step: one pass over the params, then checks per distinct kind.
+        """
+        kinds = {(type(param), param.device.type, param.dtype) for param in params}
+        devices = {device for _, device, _ in kinds}
+        if devices <= {"cpu"} and os.environ.get("TRITON_INTERPRET", "0").lower() in ("", "0", "false", "off", "no"):
             # decided without importing Triton, so `backend="auto"` on CPU tensors stays cheap
             return ("the triton backend needs CUDA tensors, got CPU tensors "
                     "(set TRITON_INTERPRET=1 to run it on the CPU)")
         if _triton() is None:
             return "triton is not installed (pip install optimlab[gpu])"
-        interpret = interpreting()
-        for param in params:
-            if type(param).__name__ not in ("Tensor", "Parameter"):
-                return f"the triton backend takes plain tensors, not {type(param).__name__}"
-            if interpret and param.device.type != "cpu":
-                return "TRITON_INTERPRET=1 runs Triton kernels on the CPU: params must be CPU tensors"
-            if not interpret and param.device.type != "cuda":
-                return (f"the triton backend needs CUDA tensors, got a {param.device.type} tensor "
+        wanted = "cpu" if interpreting() else "cuda"
+        for cls, device, dtype in kinds:
+            if cls not in (torch.Tensor, torch.nn.Parameter):
+                return f"the triton backend takes plain tensors, not {cls.__name__}"
+            if device != wanted:
+                return (f"TRITON_INTERPRET=1 runs Triton kernels on the CPU: params must be CPU tensors, not {device}"
+                        if wanted == "cpu" else f"the triton backend needs CUDA tensors, got a {device} tensor "
                         "(set TRITON_INTERPRET=1 to run it on the CPU)")
-            if str(param.dtype) not in ("torch.float32", "torch.float16", "torch.bfloat16"):
-                return f"the triton backend takes float32, float16 and bfloat16 params, not {param.dtype}"
-            if not param.is_contiguous():
-                return "the triton backend needs contiguous params"
-        if state_dtype is not None and str(state_dtype) not in ("torch.float32", "torch.float16", "torch.bfloat16"):
+            if dtype not in _PARAM_DTYPES:
+                return f"the triton backend takes float32, float16 and bfloat16 params, not {dtype}"
+        if not all([param.is_contiguous() for param in params]):
+            return "the triton backend needs contiguous params"
+        if state_dtype is not None and state_dtype not in _PARAM_DTYPES:
             return f"the triton backend keeps state in float32, float16 or bfloat16, not {state_dtype}"
         return None
 
@@ -325,8 +332,6 @@ class TritonBackend:
     @staticmethod
     def _launch_for(rows: list[list[int]], dtypes: tuple[str, ...], device: Any) -> _Launch:
         """One launch's metadata tensor (see the module docstring), on `device`."""
-        import torch
-
         numels = torch.tensor(rows[0], dtype=torch.int64)
         large = int(numels.sum()) >= LARGE_TENSOR * len(numels)
         block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
@@ -427,8 +432,6 @@ def _on(device: Any) -> Any:
     """A context that makes `device` current, so Triton launches on its current stream."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    import torch
-
     return torch.cuda.device(device)
 
 
