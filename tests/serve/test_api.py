@@ -124,6 +124,16 @@ def test_a_run_that_overflows_at_once_keeps_only_the_start():
     assert result["trace"]["g"] == []
 
 
+def test_a_run_is_cut_where_any_traced_quantity_overflows_even_if_x_is_finite():
+    """Rosenbrock's gradient grows as x³: after Adam's first step of ~1e60, g² overflows (v = inf), x does not."""
+    response = client.post("/api/run", json={"surface": "rosenbrock", "steps": 10,
+                                             "optimizers": [{"name": "adam", "hyperparameters": {"lr": 1e60}}]})
+    result = response.json()["runs"][0]
+    assert response.status_code == 200
+    assert result["message"] == "diverged at step 2: v, v_hat became non-finite; shown up to step 1"
+    assert result["steps"] == 1 and len(result["path"]) == 2 and len(result["trace"]["v"]) == 1
+
+
 @pytest.mark.parametrize(("body", "location", "words"), [
     ({"surface": "moon"}, ("body", "surface"), "ellipse"),
     ({"steps": 0}, ("body", "steps"), "greater than or equal to 1"),

@@ -20,9 +20,13 @@ DEFAULT_TICKED = ["SGD", "Momentum", "AdaGrad", "Adam"]
 
 
 def _open(browser, url, width=1360, height=900):
+    """A page on `url` once its first run is drawn, and the list its script errors and any request that
+    leaves the server (a CDN, say: the page must work offline) are appended to."""
     page = browser.new_page(viewport={"width": width, "height": height})
     errors = []
+    origin = url.split("/#")[0].rstrip("/")
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: request.url.startswith((origin, "data:")) or errors.append(request.url))
     page.goto(url)
     _wait_for_runs(page, 1)
     return page, errors

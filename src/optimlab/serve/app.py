@@ -176,24 +176,23 @@ def simulate(request: RunRequest) -> RunResponse:
 
 def run_result(result: Run) -> RunResult:
     """A lab `Run` as JSON-safe lists, cut before the first step at which any value is not finite."""
-    finite = np.isfinite(result.path).all(axis=-1) & np.isfinite(result.loss)
-    culprits = {"x": ~np.isfinite(result.path).all(axis=-1), "f": ~np.isfinite(result.loss)}
+    # Per quantity, row t is True where step t made it non-finite (row 0 is the start: x and f only).
+    nonfinite = {"x": ~np.isfinite(result.path).all(axis=-1), "f": ~np.isfinite(result.loss)}
     for name, values in result.trace.items():
-        bad = np.concatenate([[False], ~np.isfinite(values).all(axis=-1)])
-        finite &= ~bad
-        culprits[name] = bad
-    broken = np.flatnonzero(~finite)
-    kept = int(broken[0]) if broken.size else len(finite)
+        nonfinite[name] = np.concatenate([[False], ~np.isfinite(values).all(axis=-1)])
+    broken = np.flatnonzero(np.logical_or.reduce(list(nonfinite.values())))
+    kept = int(broken[0]) if broken.size else len(result.path)  # rows of path kept: x_0 .. x_{kept−1}
+    steps = max(kept - 1, 0)
     message = None
     if broken.size:
-        names = ", ".join(name for name, bad in culprits.items() if bad[kept])
-        message = f"diverged at step {kept}: {names} became non-finite; shown up to step {kept - 1}"
+        names = ", ".join(name for name, rows in nonfinite.items() if rows[kept])
+        message = f"diverged at step {kept}: {names} became non-finite; shown up to step {steps}"
     hyperparameters = {name: list(value) if isinstance(value, tuple) else value
                        for name, value in result.hyperparameters.items()}
     return RunResult(name=result.optimizer, hyperparameters=hyperparameters,
                      path=result.path[:kept].tolist(), loss=result.loss[:kept].tolist(),
-                     trace={name: values[:kept - 1].tolist() for name, values in result.trace.items()},
-                     steps=kept - 1, diverged=bool(broken.size), message=message)
+                     trace={name: values[:steps].tolist() for name, values in result.trace.items()},
+                     steps=steps, diverged=bool(broken.size), message=message)
 
 
 def _start(surface: Surface, start: list[float] | None) -> list[float]:
