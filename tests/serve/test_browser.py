@@ -40,7 +40,7 @@ def _wait_for_runs(page, count):
 def _trajectories(page):
     """What Plotly holds for the contour plot's trajectories: {name: [(x, y), ...]}."""
     traces = page.evaluate("""() => document.querySelector("#contour").data
-        .filter((trace) => trace.mode === "lines+markers")
+        .filter((trace) => trace.meta === "trajectory")
         .map((trace) => [trace.name, Array.from(trace.x), Array.from(trace.y)])""")
     return {name: list(zip(xs, ys, strict=True)) for name, xs, ys in traces}
 

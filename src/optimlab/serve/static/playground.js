@@ -19,6 +19,8 @@ const SLIDER_RESOLUTION = 1000;
 // The contour plot's traces: the surface, its curve (1-D) or minimum (2-D), the start; then one per run,
 // then the markers of the selected step.
 const BASE_TRACES = 3;
+// Longer paths are drawn as lines only: ten thousand SVG markers per optimizer would make the page crawl.
+const MARKED_POINTS = 500;
 
 const state = {
   surfaces: {},          // name -> SurfaceInfo
@@ -298,12 +300,15 @@ async function run(animate) {
   if (animate) playAnimation(); else finishRun();
 }
 
+// The server's 422 as lines such as "Adam, lr: Invalid lr: -1.0 (must be a finite number >= 0)".
 function showErrors(detail, body) {
   const lines = (Array.isArray(detail) ? detail : [{loc: [], msg: String(detail)}]).map((error) => {
     const loc = error.loc || [];
     const index = loc.indexOf("optimizers");
-    const where = index >= 0 && body.optimizers[loc[index + 1]]
-      ? `${titleOf(body.optimizers[loc[index + 1]].name)}, ${loc.slice(index + 2).filter((part) => part !== "hyperparameters").join(".")}`
+    const optimizer = index >= 0 ? body.optimizers[loc[index + 1]] : undefined;
+    const where = optimizer
+      ? `${titleOf(optimizer.name)}, ${loc.slice(index + 2)
+        .filter((part) => part !== "hyperparameters" && part !== optimizer.name).join(".")}`
       : loc.filter((part) => part !== "body").join(".");
     return `${where || "request"}: ${error.msg}`;
   });
@@ -417,7 +422,8 @@ function runTrace(result, upTo) {
   const title = titleOf(result.name);
   const shown = result.path.slice(0, upTo + 1).map((_, t) => pointOf(result, t));
   return {
-    type: "scatter", mode: "lines+markers", name: title, x: shown.map((point) => point[0]),
+    type: "scatter", mode: result.path.length > MARKED_POINTS ? "lines" : "lines+markers", meta: "trajectory",
+    name: title, x: shown.map((point) => point[0]),
     y: shown.map((point) => point[1]), customdata: shown.map((_, t) => t),
     line: {color: colorOf(result.name), width: 2}, marker: {size: 5, color: colorOf(result.name)},
     hovertemplate: `${title} · t = %{customdata}<br>(%{x:.4g}, %{y:.4g})<extra></extra>`,
@@ -531,6 +537,7 @@ function drawTrace() {
 
 function stopAnimation() {
   state.animation = 0;
+  delete document.body.dataset.animating;
 }
 
 function playAnimation() {
@@ -549,8 +556,7 @@ function playAnimation() {
 }
 
 function finishRun() {
-  state.animation = 0;
-  delete document.body.dataset.animating;
+  stopAnimation();
   const steps = Math.max(0, ...state.response.runs.map((result) => result.steps));
   showUpTo(steps);
   selectStep(steps);
