@@ -17,7 +17,10 @@ once per param group and distinct step count, where
 
 `supports(...)` returns None when the backend can take the work, else a one-line reason; `backend="auto"`
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
-that reason as an error.
+that reason as an error. `resolve(name, rule, hyperparameters, params, state_dtype)` makes that choice.
+
+Backends register themselves on import: `optimlab.backends.eager` (always there, last for `auto`), and
+optionally `numba_cpu` and `triton_gpu`, which the PyTorch front end tries to import (ahead of eager).
 """
 
 from __future__ import annotations
@@ -53,4 +56,28 @@ def register(backend: Backend, *, first: bool = False) -> Backend:
         BACKENDS[backend.name] = backend
     BACKENDS.update(others)
     BACKENDS.setdefault(backend.name, backend)
+    return backend
+
+
+def resolve(name: str, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
+            state_dtype: Any) -> Backend:
+    """The backend that runs `rule` on `params`: `name`, or for `"auto"` the first registered that supports it.
+
+    `ValueError` for an unknown name, a named backend whose `supports` declines (its reason is the message),
+    or `"auto"` when no registered backend supports the work.
+    """
+    if name == "auto":
+        reasons = []
+        for backend in BACKENDS.values():
+            reason = backend.supports(rule, hyperparameters, params, state_dtype)
+            if reason is None:
+                return backend
+            reasons.append(f"{backend.name}: {reason}")
+        raise ValueError(f"no registered backend can run {rule.name} here ({'; '.join(reasons) or 'none registered'})")
+    backend = BACKENDS.get(name)
+    if backend is None:
+        raise ValueError(f"Invalid backend: {name!r} (expected 'auto' or one of {sorted(BACKENDS)})")
+    reason = backend.supports(rule, hyperparameters, params, state_dtype)
+    if reason is not None:
+        raise ValueError(f"backend {name!r} cannot run {rule.name} here: {reason}")
     return backend

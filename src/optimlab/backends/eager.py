@@ -1,0 +1,59 @@
+"""The PyTorch eager backend: `rule.update` evaluated directly on tensors, one param at a time.
+
+The rule runs out of place on the real tensors the front end passes (plain arithmetic becomes ordinary
+PyTorch ops, `sqrt`/`maximum`/`lerp` dispatch to `torch.sqrt`/`torch.maximum`/`torch.lerp`), and the results
+are `copy_`-ed into the param and state tensors. It runs anything PyTorch runs — every device, every floating
+dtype, DTensors — so it is registered last: `backend="auto"` falls back to it.
+
+State kept in a lower-precision `state_dtype` is read widened to the param's dtype, so the rule computes in
+the param's precision, and `copy_` rounds the result to nearest-even on store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..rules import Rule
+from . import register
+
+
+class Eager:
+    """Runs any rule on any real PyTorch tensors (see the module docstring); registered as "eager"."""
+
+    name = "eager"
+
+    def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
+                 state_dtype: Any) -> str | None:
+        """None for any real floating-point tensors."""
+        for param in params:
+            if not isinstance(param, torch.Tensor):
+                return f"eager: expected torch tensors, got {type(param).__name__}"
+            if not param.is_floating_point():
+                return f"eager: floating-point tensors only, got {param.dtype}"
+        return None
+
+    def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
+             params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+             states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None) -> None:
+        """Apply `rule.update` to every (param, grad, state) and copy the results in place."""
+        active = rule.active_state(hyperparameters)
+        position = {name: index for index, name in enumerate(active)}
+        scalars = [coefficients[name] for name in rule.coefficient_names]
+        for param, grad, state in zip(params, grads, states, strict=True):
+            if grad_scale is not None:
+                grad = grad / grad_scale
+            arguments = [state[position[name]].to(param.dtype) if name in position else None
+                         for name in rule.state_names]
+            new_param, *new_state = rule.update(param, grad, *arguments, *scalars)
+            param.copy_(new_param)
+            for name, value in zip(rule.state_names, new_state, strict=True):
+                if name in position:
+                    state[position[name]].copy_(value)
+
+
+BACKEND = register(Eager())
+
+__all__ = ["BACKEND", "Eager"]

@@ -1,0 +1,190 @@
+"""PyTorch optimizers that are drop-in replacements for `torch.optim`, step for step.
+
+    import optimlab.torch as otorch
+    optimizer = otorch.AdamW(model.parameters(), lr=3e-4)            # was: torch.optim.AdamW(...)
+    optimizer = otorch.create("adamw", model.parameters(), lr=3e-4)  # the same, by name
+
+Each class takes PyTorch's arguments with PyTorch's defaults (plus `eps_root` where the rule has it) and
+keeps PyTorch's state keys, so state dicts load both ways between `torch.optim` and optimlab. The math is the
+rule in `optimlab.rules`; where it runs is the backend: `backend="auto"` (the first registered backend that
+can: numba's fused CPU kernels, triton on CUDA, else eager PyTorch), or a name from `optimlab.backends`.
+Opt-ins beyond PyTorch: `state_dtype` (e.g. `torch.bfloat16` state) and `skip_nonfinite=True` (a step whose
+gradients are not all finite changes nothing and is counted in `optimizer.skipped_steps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from ..rules import RULES, Rule, lookup
+from .optimizer import Optimizer, load_optional_backends
+
+Params = Iterable[Any]
+
+
+def _optimlab_keys(backend: str, state_dtype: torch.dtype | None, skip_nonfinite: bool) -> dict[str, Any]:
+    return {"backend": backend, "state_dtype": state_dtype, "skip_nonfinite": skip_nonfinite}
+
+
+class SGD(Optimizer):
+    """`torch.optim.SGD`: θ ← θ − η g, or with `momentum` > 0 the heavy ball b ← γ b + (1 − dampening) g,
+    θ ← θ − η b (Nesterov: θ ← θ − η (g + γ b)). Runs the `sgd` rule when momentum is 0, else `momentum`."""
+
+    torch_name = "SGD"
+    counts_steps = False
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
+                 fused: bool | None = None, backend: str = "auto", state_dtype: torch.dtype | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "maximize": maximize, "foreach": foreach,
+                    "differentiable": differentiable, "fused": fused,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+    def rule_for(self, group: Mapping[str, Any]) -> tuple[Rule, dict[str, Any]]:
+        """`sgd` for momentum 0 (PyTorch keeps no buffer then), else `momentum`."""
+        if group["momentum"] == 0 and not group["nesterov"]:
+            return RULES["sgd"], {name: group[name] for name in ("lr", "weight_decay", "maximize")}
+        rule = RULES["momentum"]
+        return rule, {name: group[name] for name in rule.hyperparameters}
+
+
+class Momentum(SGD):
+    """`SGD` with `momentum=0.9` by default: the heavy ball b ← γ b + g, θ ← θ − η b."""
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, momentum: float = 0.9,
+                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, **options: Any) -> None:
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
+
+
+class _RuleOptimizer(Optimizer):
+    """An optimizer whose groups hold exactly its rule's hyperparameters (Adagrad, RMSprop, Adam)."""
+
+    rule: Rule
+
+    def rule_for(self, group: Mapping[str, Any]) -> tuple[Rule, dict[str, Any]]:
+        """This class's rule; its hyperparameters are the group's keys of the same names."""
+        return self.rule, {name: group[name] for name in self.rule.hyperparameters}
+
+
+class Adagrad(_RuleOptimizer):
+    """`torch.optim.Adagrad`: h ← h + g², θ ← θ − η_t g / (√(h + eps_root) + eps), η_t = η / (1 + (t − 1) lr_decay).
+
+    Sparse gradients (e.g. from `nn.Embedding(sparse=True)`) update only the rows they touch, as PyTorch's.
+    """
+
+    torch_name = "Adagrad"
+    rule = RULES["adagrad"]
+    supports_sparse = True
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,
+                 foreach: bool | None = None, *, maximize: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, eps_root: float = 0.0, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+                    "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
+                    "maximize": maximize, "differentiable": differentiable, "fused": fused, "eps_root": eps_root,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+        self._initialize_all_state()
+
+
+class RMSprop(_RuleOptimizer):
+    """`torch.optim.RMSprop`: s ← α s + (1 − α) g², θ ← θ − η g / (√(s + eps_root) + eps); `centered`, `momentum`."""
+
+    torch_name = "RMSprop"
+    rule = RULES["rmsprop"]
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False, differentiable: bool = False, *,
+                 eps_root: float = 0.0, backend: str = "auto", state_dtype: torch.dtype | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps, "centered": centered,
+                    "weight_decay": weight_decay, "capturable": capturable, "foreach": foreach,
+                    "maximize": maximize, "differentiable": differentiable, "eps_root": eps_root,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
+class Adam(_RuleOptimizer):
+    """`torch.optim.Adam`: m ← β1 m + (1 − β1) g, v ← β2 v + (1 − β2) g², θ ← θ − η m̂ / (√(v̂ + eps_root) + eps).
+
+    `amsgrad`, `maximize`, L2 `weight_decay`, or decoupled decay with `decoupled_weight_decay=True` (AdamW).
+    """
+
+    torch_name = "Adam"
+    rule = RULES["adam"]
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False, eps_root: float = 0.0,
+                 backend: str = "auto", state_dtype: torch.dtype | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
+                    "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable, "fused": fused,
+                    "decoupled_weight_decay": decoupled_weight_decay, "eps_root": eps_root,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
+class AdamW(Adam):
+    """`torch.optim.AdamW`: Adam with decoupled weight decay θ ← θ (1 − ηλ), λ = 0.01 by default."""
+
+    torch_name = "AdamW"
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, eps_root: float = 0.0, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, eps_root=eps_root, backend=backend,
+                         state_dtype=state_dtype, skip_nonfinite=skip_nonfinite)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """As `torch.optim.AdamW`: decay stays decoupled whatever state dict is loaded."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
+
+_CLASSES: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
+    "sgd": (SGD, {}),
+    "momentum": (Momentum, {}),
+    "nesterov": (Momentum, {"nesterov": True}),
+    "adagrad": (Adagrad, {}),
+    "rmsprop": (RMSprop, {}),
+    "adam": (Adam, {}),
+    "adamw": (AdamW, {}),
+}
+
+
+def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
+    """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
+
+    Names are those of `optimlab.rules.OPTIMIZERS` (case-insensitive); `ValueError` for an unknown one.
+    """
+    lookup(name)
+    cls, overrides = _CLASSES[name.lower()]
+    return cls(params, **{**overrides, **hyperparameters})
+
+
+def backends() -> list[str]:
+    """The registered backend names, in the order `backend="auto"` tries them."""
+    return load_optional_backends()
+
+
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Momentum", "Optimizer", "RMSprop", "backends", "create"]

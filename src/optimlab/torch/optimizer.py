@@ -1,0 +1,319 @@
+"""The `torch.optim.Optimizer` subclass every optimlab PyTorch optimizer is: bookkeeping only, no math.
+
+Per step, for each param group: pick the rule (`rule_for`), create missing state (PyTorch's keys, `step` a
+float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params, gradients and state — as
+`torch.view_as_real` views for complex params — to a backend (`optimlab.backends`), which evaluates
+`rule.update`. Around that it does what `torch.optim` does: closures, step hooks (the base class wraps
+`step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
+`torch.optim`, plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
+
+from ..backends import BACKENDS, Backend, eager, resolve
+from ..rules import Rule
+
+#: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
+OPTIONAL_BACKENDS = ("optimlab.backends.triton_gpu", "optimlab.backends.numba_cpu")
+_loaded_optional = False
+
+#: Group keys optimlab adds to PyTorch's; a state dict without them (written by `torch.optim`) gets the
+#: optimizer's own settings.
+OPTIMLAB_KEYS = ("eps_root", "backend", "state_dtype", "skip_nonfinite")
+
+
+def load_optional_backends() -> list[str]:
+    """Import the optional backends once (each registers itself if its dependency is installed).
+
+    Returns the registered backend names in `backend="auto"` preference order.
+    """
+    global _loaded_optional
+    if not _loaded_optional:
+        for module in OPTIONAL_BACKENDS:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                continue
+        _loaded_optional = True
+    assert eager.BACKEND.name in BACKENDS
+    return list(BACKENDS)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of optimlab's PyTorch optimizers (a `torch.optim.Optimizer`).
+
+    Subclasses give `__init__` PyTorch's signature, build `defaults` (PyTorch's group keys plus
+    `OPTIMLAB_KEYS`) and say which rule a group runs (`rule_for`). `skipped_steps` counts the steps that
+    `skip_nonfinite=True` skipped.
+    """
+
+    #: PyTorch's name for the optimizer, used in error messages ("Adam does not support sparse gradients").
+    torch_name: str = ""
+    #: Whether PyTorch keeps a `step` counter in this optimizer's state (SGD does not).
+    counts_steps: bool = True
+    #: Whether a sparse gradient may run through the rule (Adagrad, as in PyTorch).
+    supports_sparse: bool = False
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        load_optional_backends()
+        for flag in ("capturable", "differentiable"):
+            if defaults.get(flag):
+                raise ValueError(f"Invalid {flag}: True (optimlab optimizers do not support {flag}=True)")
+        self._step_supports_amp_scaling = True
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    # --- what subclasses define ------------------------------------------------------------------------
+
+    def rule_for(self, group: Mapping[str, Any]) -> tuple[Rule, dict[str, Any]]:
+        """The rule a param group runs and its hyperparameters, read from the group's keys."""
+        raise NotImplementedError
+
+    # --- groups --------------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """`torch.optim.Optimizer.add_param_group`, with the group's hyperparameters validated first."""
+        self._validate_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        rule, hyperparameters = self.rule_for(group)
+        rule.validate(hyperparameters)
+        backend = group["backend"]
+        if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
+            raise ValueError(f"Invalid backend: {backend!r} (expected 'auto' or one of {load_optional_backends()})")
+        state_dtype = group["state_dtype"]
+        if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
+        if not isinstance(group["skip_nonfinite"], bool):
+            raise ValueError(f"Invalid skip_nonfinite: {group['skip_nonfinite']!r} (expected True or False)")
+
+    # --- the step ------------------------------------------------------------------------------------
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every param that has a gradient; `closure` re-evaluates the loss (under grad).
+
+        Under `torch.amp.GradScaler`, gradients arrive scaled by `self.grad_scale` and the step is skipped
+        (state untouched, `step` not advanced) where `self.found_inf` is non-zero.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.any()):
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        if isinstance(grad_scale, torch.Tensor):
+            grad_scale = grad_scale.reshape(())
+        work = [(group, *self._params_with_grad(group)) for group in self.param_groups]
+        if self._has_nonfinite_gradient(work):
+            self.skipped_steps += 1
+            return loss
+        for group, params, grads in work:
+            if params:
+                self._update_group(group, params, grads, grad_scale)
+        return loss
+
+    def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params, grads = [], []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                if not self.supports_sparse:
+                    raise RuntimeError(f"{self.torch_name} does not support sparse gradients")
+                if group["weight_decay"] != 0:
+                    raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+                if param.is_complex():
+                    raise RuntimeError(f"{self.torch_name}: sparse gradients of complex params are not supported")
+            params.append(param)
+            grads.append(param.grad)
+        return params, grads
+
+    def _has_nonfinite_gradient(self, work: list[tuple[dict[str, Any], list, list]]) -> bool:
+        """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync for all)."""
+        checks = [(grad._values() if grad.is_sparse else grad).isfinite().all()
+                  for group, _, grads in work if group["skip_nonfinite"] for grad in grads]
+        return bool(checks) and not bool(torch.stack(checks).all())
+
+    def _update_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                      grad_scale: Any) -> None:
+        rule, hyperparameters = self.rule_for(group)
+        active = rule.active_state(hyperparameters)
+        # Params sharing a step count share the per-step coefficients: one backend call per count.
+        buckets: dict[float, list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]] = defaultdict(list)
+        keeps_state = self.counts_steps or bool(active)
+        for param, grad in zip(params, grads, strict=True):
+            state = self.state[param] if keeps_state else {}
+            fresh = self._ensure_state(param, state, group, rule, hyperparameters)
+            if self.counts_steps:
+                state["step"] += 1
+                step = state["step"].item()
+            else:
+                # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
+                step = 1 if fresh else 2
+            tensors = [state[name] for name in active]
+            if param.is_complex():
+                param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                tensors = [torch.view_as_real(tensor) for tensor in tensors]
+            buckets[step].append((param, grad, tensors))
+        for step, items in buckets.items():
+            coefficients = rule.coefficients(step, **hyperparameters)
+            dense = [item for item in items if not item[1].is_sparse]
+            if dense:
+                real_params = [item[0] for item in dense]
+                backend = self._backend(group, rule, hyperparameters, real_params)
+                backend.step(rule, hyperparameters, coefficients, real_params, [item[1] for item in dense],
+                             [item[2] for item in dense], grad_scale)
+            for param, grad, tensors in items:
+                if grad.is_sparse:
+                    self._sparse_update(group, rule, hyperparameters, coefficients, param, grad, tensors, grad_scale)
+
+    def _sparse_update(self, group: Mapping[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                       coefficients: dict[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                       tensors: list[torch.Tensor], grad_scale: Any) -> None:
+        """The rule on the rows a sparse gradient touches: gather them, run the backend, scatter back.
+
+        Elementwise rules whose untouched elements must stay as they are (Adagrad without weight decay, as
+        PyTorch requires) give exactly PyTorch's sparse update this way.
+        """
+        grad = grad.coalesce()
+        index = tuple(grad._indices())
+        rows = param[index]
+        state_rows = [tensor[index] for tensor in tensors]
+        backend = self._backend(group, rule, hyperparameters, [rows])
+        backend.step(rule, hyperparameters, coefficients, [rows], [grad._values()], [state_rows], grad_scale)
+        param.index_put_(index, rows)
+        for tensor, updated in zip(tensors, state_rows, strict=True):
+            tensor.index_put_(index, updated)
+
+    def _backend(self, group: Mapping[str, Any], rule: Rule, hyperparameters: Mapping[str, Any],
+                 params: list[torch.Tensor]) -> Backend:
+        return resolve(group["backend"], rule, hyperparameters, params, group["state_dtype"])
+
+    def _ensure_state(self, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any], rule: Rule,
+                      hyperparameters: Mapping[str, Any]) -> bool:
+        """Create the `step` counter and any missing active state; whether some state was new."""
+        if self.counts_steps and "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        fresh = False
+        for name in rule.active_state(hyperparameters):
+            if state.get(name) is None:
+                state[name] = self._new_state(param, group, rule.initial_state(name, hyperparameters))
+                fresh = True
+        return fresh
+
+    @staticmethod
+    def _new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
+        state_dtype = group["state_dtype"]
+        if param.is_complex():
+            if state_dtype is not None:
+                raise ValueError(f"Invalid state_dtype: {state_dtype} (not supported for complex params)")
+            return torch.full_like(param, complex(value, value), memory_format=torch.preserve_format)
+        return torch.full_like(param, value, dtype=state_dtype or param.dtype, memory_format=torch.preserve_format)
+
+    def _initialize_all_state(self) -> None:
+        """Create every param's state now, as PyTorch's Adagrad does in its constructor."""
+        for group in self.param_groups:
+            rule, hyperparameters = self.rule_for(group)
+            for param in group["params"]:
+                self._ensure_state(param, self.state[param], group, rule, hyperparameters)
+
+    # --- state dicts ---------------------------------------------------------------------------------
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self._step_supports_amp_scaling = True
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            for param in group["params"]:
+                param_state = self.state.get(param)
+                if not param_state:
+                    continue
+                if "step" in param_state and not torch.is_tensor(param_state["step"]):
+                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
+                if group["state_dtype"] is not None and not param.is_complex():
+                    for key, value in param_state.items():
+                        if key != "step" and torch.is_tensor(value):
+                            param_state[key] = value.to(group["state_dtype"])
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """`torch.optim.Optimizer.load_state_dict`, after checking the whole state dict fits this optimizer.
+
+        Accepts state dicts written by `torch.optim` (optimlab's own group keys then take this optimizer's
+        settings). A state dict that does not fit — group or param counts, missing or invalid
+        hyperparameters, missing state, wrong shapes or dtype kinds — raises `ValueError` and changes nothing.
+        """
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("Invalid state_dict: expected a mapping with keys 'state' and 'param_groups'")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"Invalid state_dict: {len(saved_groups)} param groups, this optimizer has "
+                             f"{len(self.param_groups)}")
+        params_by_id = {}
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(f"Invalid state_dict: param group {index} has {len(saved.get('params', ()))} "
+                                 f"params, this optimizer's has {len(group['params'])}")
+            missing = [key for key in self.defaults if key not in saved and key not in OPTIMLAB_KEYS
+                       and key not in ("foreach", "fused", "capturable", "differentiable")]
+            if missing:
+                raise ValueError(f"Invalid state_dict: param group {index} lacks {missing}")
+            merged = {**self.defaults, **saved}
+            try:
+                self._validate_group(merged)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
+            rule, hyperparameters = self.rule_for(merged)
+            for saved_id, param in zip(saved["params"], group["params"], strict=True):
+                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters))
+        for saved_id, param_state in saved_state.items():
+            if saved_id not in params_by_id:
+                raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
+            index, param, active = params_by_id[saved_id]
+            where = f"state of param {saved_id!r} (group {index})"
+            if not isinstance(param_state, Mapping):
+                raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
+            if param_state:
+                required = (("step",) if self.counts_steps else ()) + tuple(active)
+                missing = [key for key in required if param_state.get(key) is None]
+                if missing:
+                    raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
+            for key, value in param_state.items():
+                _check_state_value(where, key, value, param)
+
+
+def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
+    if key == "step":
+        number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+            raise ValueError(f"Invalid state_dict: {where}: step must be a finite count >= 0, got {value!r}")
+        return
+    if value is None:
+        return
+    if not torch.is_tensor(value):
+        raise ValueError(f"Invalid state_dict: {where}: {key} must be a tensor, got {type(value).__name__}")
+    if value.shape != param.shape:
+        raise ValueError(f"Invalid state_dict: {where}: {key} has shape {tuple(value.shape)}, "
+                         f"the param {tuple(param.shape)}")
+    kind_ok = value.is_complex() if param.is_complex() else value.is_floating_point()
+    if not kind_ok:
+        raise ValueError(f"Invalid state_dict: {where}: {key} has dtype {value.dtype}, the param {param.dtype}")

@@ -1,0 +1,54 @@
+"""Shared fixtures for the PyTorch front end's tests.
+
+`TEST_BACKENDS` lists the backends every backend-parametrized test runs through. To run another backend
+through the whole suite, add its registered name here (one line); a backend that is not registered on this
+machine (its dependency missing) is skipped, not failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from optimlab.torch import backends
+
+TEST_BACKENDS = [
+    "eager",
+]
+
+
+@pytest.fixture(params=TEST_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """A registered backend name from `TEST_BACKENDS`."""
+    if request.param not in backends():
+        pytest.skip(f"backend {request.param!r} is not registered here")
+    return request.param
+
+
+def make_mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """The suite's small model: 8 → 16 → 4 with a tanh."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).to(dtype)
+
+
+def make_batches(count: int, dtype: torch.dtype = torch.float32, seed: int = 1) -> Iterator[tuple[Any, Any]]:
+    """`count` random (input, target) pairs, the same on every call."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        yield (torch.randn(5, 8, generator=generator, dtype=dtype),
+               torch.randn(5, 4, generator=generator, dtype=dtype))
+
+
+@pytest.fixture
+def mlp() -> Callable[..., torch.nn.Module]:
+    """`mlp(dtype=..., seed=...)`: the suite's small model, 8 → 16 → 4."""
+    return make_mlp
+
+
+@pytest.fixture
+def batches() -> Callable[..., Iterator[tuple[Any, Any]]]:
+    """`batches(count, dtype=..., seed=...)`: the same random (input, target) pairs on every call."""
+    return make_batches
