@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
         rank = failed[0][1] if failed else first_failed
         scenario = _last_started(logs[rank])
         detail = errors[rank][-1]["detail"] if errors[rank] else (
-            f"exited with status {processes[rank].returncode} without a Python traceback; its output ends:\n"
+            f"{_exit_description(processes[rank].returncode)} without a Python traceback; its output ends:\n"
             + outputs[rank][-3000:])
         others = "; ".join(
             f"rank {other} " + (f"then failed too: {errors[other][-1]['detail'].strip().splitlines()[-1]}"
@@ -112,6 +113,12 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
     passed = {name: Outcome(name) for name in scenarios[:scenarios.index(scenario)]
               if all(_status(log, name) == "ok" for log in logs)}
     return passed | {scenario: Outcome(scenario, report)}
+
+
+def _exit_description(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by signal {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
 
 
 def _order(scenarios: list[str], name: str) -> int:

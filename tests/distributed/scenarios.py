@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -93,8 +94,16 @@ def state_of(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, di
 
 
 def assert_same(actual: Any, expected: Any, what: str) -> None:
-    """Exactly equal tensors (in nested dicts): optimlab evaluates the same float32 ops as `torch.optim`."""
+    """Bit-identical tensors (in nested dicts)."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=lambda message: f"{what}: {message}")
+
+
+def assert_matches_torch(actual: Any, expected: Any, what: str, backend: str) -> None:
+    """optimlab on `backend` against `torch.optim`: equal within float32 rounding (`assert_close`'s float32
+    tolerances). Not bit for bit: the rule's operation order differs from PyTorch's fused ops in places (the
+    rule's `(1 − β2) g g` against `addcmul`), and numba rounds some sub-expressions through float64."""
+    torch.testing.assert_close(actual, expected,
+                               msg=lambda message: f"{what} ({backend} against torch.optim): {message}")
 
 
 # --- DDP ------------------------------------------------------------------------------------------------
@@ -106,7 +115,8 @@ def ddp(rank: int, world_size: int, workdir: Path, *, name: str, backend: str) -
         train(wrapped, make_optimizer(wrapped.parameters()), rank, range(STEPS))
         return params_of(model)
 
-    assert_same(run(factory(name, backend)), run(factory(name, "torch")), f"{name} params after DDP training")
+    assert_matches_torch(run(factory(name, backend)), run(factory(name, "torch")),
+                         f"{name} params after DDP training", backend)
 
 
 # --- FSDP2 ----------------------------------------------------------------------------------------------
@@ -134,8 +144,10 @@ def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
                 for key, value in state.items():
                     assert key == "step" or isinstance(value, DTensor), f"{kind} {name}: state {key!r} is not sharded"
             results[kind] = params_of(model), state_of(model, optimizer)
-        assert_same(results[backend][0], results["torch"][0], f"{name} local param shards after FSDP2 training")
-        assert_same(results[backend][1], results["torch"][1], f"{name} local state shards after FSDP2 training")
+        assert_matches_torch(results[backend][0], results["torch"][0],
+                             f"{name} local param shards after FSDP2 training", backend)
+        assert_matches_torch(results[backend][1], results["torch"][1],
+                             f"{name} local state shards after FSDP2 training", backend)
 
 
 # --- ZeroRedundancyOptimizer ------------------------------------------------------------------------------
@@ -162,9 +174,9 @@ def zero(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
 
     params, consolidated = run(backend, range(STEPS))
     expected_params, expected_consolidated = run("torch", range(STEPS))
-    assert_same(params, expected_params, f"{name} params after ZeRO training")
+    assert_matches_torch(params, expected_params, f"{name} params after ZeRO training", backend)
     if rank == 0:
-        assert_same(consolidated["state"], expected_consolidated["state"], "consolidated state")
+        assert_matches_torch(consolidated["state"], expected_consolidated["state"], "consolidated state", backend)
         for group, expected_group in zip(consolidated["param_groups"], expected_consolidated["param_groups"],
                                          strict=True):
             assert group["params"] == expected_group["params"], "consolidated param indices"
@@ -199,7 +211,10 @@ def dcp_resume(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
         model = sharded_model(world_size, seed=1)  # other initial values: the checkpoint must replace them
         optimizer = factory(name, kind)(model.parameters())
         model_state, optimizer_state = get_state_dict(model, optimizer)
-        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
+        # Partial load: a checkpoint written with torch.optim lacks optimlab's extra group keys (`eps_root`,
+        # `backend`, ...); those then keep this optimizer's settings.
+        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint,
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
         train(model, optimizer, rank, range(middle, end))
         return {"params": params_of(model), "state": state_of(model, optimizer)}
@@ -208,11 +223,12 @@ def dcp_resume(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
     expected = uninterrupted(backend, ours)
     assert_same(resumed(backend, ours), expected, f"{name} resumed from a distributed checkpoint")
     reference = uninterrupted("torch", theirs)
-    assert_same(expected, reference, f"{name} under FSDP2 against torch.optim")
-    assert_same(resumed(backend, theirs), reference, f"{name} resumed from torch.optim's distributed checkpoint")
+    assert_matches_torch(expected, reference, f"{name} under FSDP2", backend)
+    assert_matches_torch(resumed(backend, theirs), reference,
+                         f"{name} resumed from torch.optim's distributed checkpoint", backend)
 
 
-BACKENDS = ("torch",)
+BACKENDS = ("eager", "numba")
 for _backend in BACKENDS:
     globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)

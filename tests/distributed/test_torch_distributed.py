@@ -4,7 +4,7 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 
-SCENARIOS = [f"{parallelism}_{backend}" for backend in ("torch",)
+SCENARIOS = [f"{parallelism}_{backend}" for backend in ("eager", "numba")
              for parallelism in ("ddp_adamw", "fsdp2", "zero_adam", "dcp_resume")]
 
 

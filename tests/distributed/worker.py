@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import importlib
 import json
 import os
@@ -41,6 +42,7 @@ def main() -> None:
         log.flush()
         os.fsync(log.fileno())
 
+    faulthandler.enable()  # a crash (e.g. SIGSEGV in a kernel) prints the Python stack to the rank's output
     current = "<setup>"
     try:
         import torch
