@@ -55,12 +55,13 @@ def _setup(name, sizes=SIZES, dtype=torch.float32, state_dtype=None, seed=0):
 
 
 def _reference(rule, hyper, params, grads, states, step, grad_scale=1.0):
-    """`rule.step` in float32 on copies, rounded back to each tensor's dtype."""
+    """`rule.step` on copies in float32 (float64 for float64 params), rounded back to each tensor's dtype."""
     active = rule.active_state(hyper)
     new_params, new_states = [], []
     for param, grad, state in zip(params, grads, states, strict=True):
-        new_param, new_state = rule.step(param.float(), grad.float() / grad_scale,
-                                         {n: s.float() for n, s in zip(active, state, strict=True)}, step, hyper)
+        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+        new_param, new_state = rule.step(param.to(compute), grad.to(compute) / grad_scale,
+                                         {n: s.to(compute) for n, s in zip(active, state, strict=True)}, step, hyper)
         new_params.append(new_param.to(param.dtype))
         new_states.append([new_state[n].to(s.dtype) for n, s in zip(active, state, strict=True)])
     return new_params, new_states
@@ -96,6 +97,20 @@ def test_half_precision_params_computed_in_float32(name, dtype):
     _assert_close(params, expected_params)  # within one rounding of the float32 result
     for state, expected in zip(states, expected_states, strict=True):
         _assert_close(state, expected)
+
+
+@pytest.mark.parametrize("name", ["adam-amsgrad-decay", "rmsprop-centered-momentum-maximize", "nesterov-maximize",
+                                  "adagrad-decay-eps-root"])
+def test_float64_params_compute_in_float64(name):
+    rule, hyper, params, states, generator = _setup(name, dtype=torch.float64)
+    for step in (1, 2):
+        grads = [torch.randn(param.shape, generator=generator, dtype=torch.float64) for param in params]
+        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states,
+                                grad_scale=1.0)
+        _assert_close(params, expected_params, rtol=1e-13, atol=1e-15)
+        for state, expected in zip(states, expected_states, strict=True):
+            _assert_close(state, expected, rtol=1e-13, atol=1e-15)
 
 
 def test_bfloat16_state_for_float32_params_rounds_to_nearest_even():
@@ -201,7 +216,7 @@ def test_supports_cpu_tensors_only_when_interpreting(monkeypatch):
 
 
 @pytest.mark.parametrize("param, reason", [
-    (torch.zeros(3, dtype=torch.float64), "float64"),
+    (torch.zeros(3, dtype=torch.int32), "int32"),
     (torch.zeros(3, 4).t(), "contiguous"),
 ])
 def test_supports_names_what_it_cannot_take(param, reason):
@@ -249,6 +264,13 @@ def test_tails_vectorize_when_every_size_is_a_multiple_of_four():
     full_chunks_only = triton_gpu.ptx(rule, rule.defaults(), large=False).count("ld.global.v4.b32")
     assert triton_gpu.ptx(rule, rule.defaults(), large=False, numel_multiple=8).count("ld.global.v4.b32") \
         == 2 * full_chunks_only
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_float64_compiles_to_exact_float64_arithmetic():
+    rule, _ = OPTIMIZERS["adam"]
+    code = triton_gpu.ptx(rule, rule.defaults(amsgrad=True), dtype="float64")
+    assert "sqrt.rn.f64" in code and "div.rn.f64" in code and "ld.global.v2.b64" in code
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")

@@ -18,7 +18,9 @@ one launch, and a 38M-element embedding next to 768-element biases wastes no pro
 rebuilt on the host only when an address or size changes (it is compared, not trusted).
 
 Precision: every element is computed in float32 whatever the storage (fp32, fp16, bf16 params; state in
-the param's dtype or a lower `state_dtype`), and stored rounded to nearest-even. Structural
+the param's dtype or a lower `state_dtype`), and stored rounded to nearest-even; float64 params compute in
+float64 (their float coefficients travel as one small float64 tensor, since Triton passes Python floats
+as float32). Structural
 hyperparameters (Python bools such as `amsgrad`, `maximize`, `first_step`) are `tl.constexpr`, so their
 branches compile away; continuous ones are runtime float32 arguments, and 0-dim tensor coefficients
 (a tensor `lr`) and `grad_scale` are passed as pointers and loaded in the kernel: changing them neither
@@ -48,8 +50,8 @@ from . import register
 if TYPE_CHECKING:
     import triton.language as tl
 
-#: The dtypes a param (and its state) may have: all are computed in float32.
-_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: The dtypes a param (and its state) may have: float64 computes in float64, the others in float32.
+_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: Elements per program for groups of mostly small tensors and for large ones (with their warp counts).
 SMALL_BLOCK, SMALL_WARPS = 1024, 4
 LARGE_BLOCK, LARGE_WARPS = 4096, 8
@@ -61,8 +63,12 @@ LARGE_TENSOR = 65536
 # Plain functions over `tl`, compiled with `triton.jit` once triton is imported (see `_natives`).
 
 def sqrt(x):
-    """Correctly rounded square root, as `torch.sqrt` (`tl.sqrt` may use the approximate instruction)."""
-    return tl.sqrt_rn(x)
+    """Correctly rounded square root, as `torch.sqrt` (float32 `tl.sqrt` may use the approximate instruction)."""
+    if x.dtype == tl.float64:
+        root = tl.sqrt(x)  # float64 square roots are always rounded correctly
+    else:
+        root = tl.sqrt_rn(x)
+    return root
 
 
 def maximum(a, b):
@@ -131,29 +137,37 @@ def _tl_dtype(dtype: Any) -> str:
 
 
 def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str], dtypes: tuple[str, ...],
-                   grad_scale: str, found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
+                   found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
     """Python source of the kernel for one rule and one configuration.
 
-    `kinds[c]` says how coefficient `c` arrives: "constexpr" (a structural bool), "value" (a float32
-    argument), "pointer" or "bool_pointer" (a 0-dim tensor loaded in the kernel); `grad_scale` is one of
-    those or "none".
-    `dtypes` are the Triton dtypes of param, grad and each active state.
+    `kinds[c]` says how coefficient `c` (and "grad_scale") arrives: "constexpr" (a structural bool),
+    "value" (a float32 argument), "packed" (an element of one float64 tensor, for float64 params),
+    "pointer" or "bool_pointer" (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
+    `dtypes` are the Triton dtypes of param, grad and each active state; float64 params compute in
+    float64, the others in float32.
     """
+    compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
     slots = ("param", "grad", *active)
     arguments = ["meta", "n_tensors", "total_blocks"]
     prologue = []
+    packed = 0
     for name in (*rule.coefficient_names, "grad_scale"):
-        kind = grad_scale if name == "grad_scale" else kinds[name]
+        kind = kinds[name]
         if kind == "constexpr":
             arguments.append(f"{name}: tl.constexpr")
         elif kind == "value":
             arguments.append(name)
+        elif kind == "packed":
+            prologue.append(f"    {name} = tl.load(packed_pointer + {packed})")
+            packed += 1
         elif kind == "pointer":
             arguments.append(f"{name}_pointer")
-            prologue.append(f"    {name} = tl.load({name}_pointer).to(tl.float32)")
+            prologue.append(f"    {name} = tl.load({name}_pointer).to({compute})")
         elif kind == "bool_pointer":
             arguments.append(f"{name}_pointer")
             prologue.append(f"    {name} = tl.load({name}_pointer) != 0")
+    if packed:
+        arguments.append("packed_pointer")
     if found_inf:
         arguments.append("found_inf_pointer")
     arguments.append("BLOCK: tl.constexpr")
@@ -164,18 +178,20 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         lines = ["mask = offsets < numel"] if masked else []
         for slot, dtype in zip(slots, dtypes, strict=True):
             load = f"tl.load({slot}_pointer + offsets{mask})"
-            widened = f"widen_bfloat16({load})" if dtype == "tl.bfloat16" else f"{load}.to(tl.float32)"
+            widened = f"widen_bfloat16({load})" if dtype == "tl.bfloat16" else f"{load}.to({compute})"
             lines.append(f"{slot} = {widened}")
-        if grad_scale != "none":
+        if kinds["grad_scale"] != "none":
             lines.append("grad = grad / grad_scale")
-        state_arguments = [name if name in active else "tl.full([BLOCK], 0.0, tl.float32)"
+        state_arguments = [name if name in active else f"tl.full([BLOCK], 0.0, {compute})"
                            for name in rule.state_names]
         results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
         call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
-                rounded = f"round_to_bfloat16({slot})" if dtype == "tl.bfloat16" else f"{slot}.to({dtype})"
+                # float64 → bfloat16 goes through float32, as `Tensor.to` does
+                narrowed = f"{slot}.to(tl.float32)" if compute == "tl.float64" else slot
+                rounded = f"round_to_bfloat16({narrowed})" if dtype == "tl.bfloat16" else f"{slot}.to({dtype})"
                 lines.append(f"tl.store({slot}_pointer + offsets, {rounded}{mask})")
         return lines
 
@@ -231,7 +247,7 @@ class TritonBackend:
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
-        """None if Triton is installed and every param is a contiguous fp32/fp16/bf16 tensor on the right device.
+        """None if Triton is installed and every param is a contiguous floating tensor on the right device.
 
         Called by the front end on every step: one pass over the params, then checks per distinct kind.
         """
@@ -252,11 +268,11 @@ class TritonBackend:
                         if wanted == "cpu" else f"the triton backend needs CUDA tensors, got a {device} tensor "
                         "(set TRITON_INTERPRET=1 to run it on the CPU)")
             if dtype not in _PARAM_DTYPES:
-                return f"the triton backend takes float32, float16 and bfloat16 params, not {dtype}"
+                return f"the triton backend takes float32, float16, bfloat16 and float64 params, not {dtype}"
         if not all([param.is_contiguous() for param in params]):
             return "the triton backend needs contiguous params"
         if state_dtype is not None and state_dtype not in _PARAM_DTYPES:
-            return f"the triton backend keeps state in float32, float16 or bfloat16, not {state_dtype}"
+            return f"the triton backend keeps state in float32, float16, bfloat16 or float64, not {state_dtype}"
         return None
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
@@ -278,25 +294,29 @@ class TritonBackend:
         columns = list(zip(*states, strict=True)) if active else []
         rows = [[param.numel() for param in params], [param.data_ptr() for param in params],
                 [grad.data_ptr() for grad in grads], *([tensor.data_ptr() for tensor in column] for column in columns)]
-        kinds, arguments = {}, []
-        for name in rule.coefficient_names:
-            kind, value = _coefficient(coefficients[name], params[0].device)
-            kinds[name] = kind
-            arguments.append(value)
-        scale_kind, scale = _coefficient(grad_scale, params[0].device) if grad_scale is not None else ("none", None)
-        if scale_kind == "constexpr":
+        device = params[0].device
+        named = {name: _coefficient(coefficients[name], device) for name in rule.coefficient_names}
+        named["grad_scale"] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
+        if named["grad_scale"][0] == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
         if found_inf is not None:
-            found_inf = found_inf.to(params[0].device, non_blocking=True)
-        extra = ([] if scale is None else [scale]) + ([] if found_inf is None else [found_inf])
+            found_inf = found_inf.to(device, non_blocking=True)
         for launch in self._plan(rows, active, params, grads, columns):
-            kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, scale_kind, found_inf is not None,
+            kinds = {name: kind for name, (kind, _) in named.items()}
+            if launch.dtypes[0] == "tl.float64":  # Triton passes Python floats as float32: pack them as float64
+                kinds = {name: "packed" if kind == "value" else kind for name, kind in kinds.items()}
+            arguments = [value for name, (_, value) in named.items() if kinds[name] not in ("packed", "none")]
+            packed = [value for name, (_, value) in named.items() if kinds[name] == "packed"]
+            if packed:
+                arguments.append(torch.tensor(packed, dtype=torch.float64).to(device, non_blocking=True))
+            if found_inf is not None:
+                arguments.append(found_inf)
+            kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, found_inf is not None,
                                   launch.aligned, launch.numel_multiple)
-            with _on(params[0].device):
+            with _on(device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
                 kernel[(launch.total_blocks,)](launch.meta, launch.n_tensors, launch.total_blocks, *arguments,
-                                               *extra, BLOCK=launch.block, num_warps=launch.warps,
-                                               enable_fp_fusion=True)
+                                               BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=True)
 
     def _plan(self, rows: list[list[int]], active: tuple[str, ...], params: Sequence[Any], grads: Sequence[Any],
               columns: Sequence[Sequence[Any]]) -> list[_Launch]:
@@ -350,18 +370,17 @@ class TritonBackend:
         return _Launch(dtypes, meta, len(numels), total_blocks, block, warps, aligned, numel_multiple)
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
-                dtypes: tuple[str, ...], grad_scale: str, found_inf: bool, aligned: bool,
-                numel_multiple: int = 1) -> Any:
+                dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
         interpret = interpreting()
-        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, grad_scale, found_inf, aligned,
-               numel_multiple, interpret)
+        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple,
+               interpret)
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
         update_key = (id(rule), interpret)
         if update_key not in self._updates:
             self._updates[update_key] = rule.specialize(_natives(triton), triton.jit)
-        source = _kernel_source(rule, active, kinds, dtypes, grad_scale, found_inf, aligned, numel_multiple)
+        source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
@@ -391,10 +410,13 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     active = tuple(rule.active_state(hyperparameters))
     coefficients = rule.coefficients(step, **hyperparameters)
     kinds = {name: _coefficient(coefficients[name])[0] for name in rule.coefficient_names}
+    kinds["grad_scale"] = "none"
+    if dtype == "float64":
+        kinds = {name: "packed" if kind == "value" else kind for name, kind in kinds.items()}
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
-        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, "none", False, aligned, numel_multiple)
+        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, False, aligned, numel_multiple)
     signature, constants = {}, {}
     for index, parameter in enumerate(kernel.params):
         name = parameter.name
@@ -403,8 +425,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = block if name == "BLOCK" else coefficients[name]
         else:
             pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
-            signature[name] = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}.get(
-                name, pointer if name.endswith("_pointer") else "fp32")
+            fixed = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32", "packed_pointer": "*fp64"}
+            signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else "fp32")
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
                        attrs={(0,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
