@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -164,6 +165,7 @@ class Optimizer(torch.optim.Optimizer):
                 # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
                 step = 1 if fresh else 2
             tensors = [state[name] for name in active]
+            param, grad, tensors = local_shards(param, grad, tensors)
             if param.is_complex():
                 param, grad = torch.view_as_real(param), torch.view_as_real(grad)
                 tensors = [torch.view_as_real(tensor) for tensor in tensors]
@@ -299,6 +301,26 @@ class Optimizer(torch.optim.Optimizer):
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
                 _check_state_value(where, key, value, param)
+
+
+def local_shards(param: torch.Tensor, grad: torch.Tensor,
+                 tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """This rank's local tensors when `param` is a `DTensor` (FSDP2's `fully_shard`), else the arguments as given.
+
+    Every rule is elementwise, so a sharded param is updated shard by shard with no communication; the local
+    tensors share the DTensors' storage, so backends update them in place like any tensor (the fused ones need
+    real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
+    distributed checkpoints save it sharded.
+    """
+    dtensor_module = sys.modules.get("torch.distributed.tensor")  # no DTensor can exist before it is imported
+    if dtensor_module is None or not isinstance(param, dtensor_module.DTensor):
+        return param, grad, tensors
+    for name, tensor in (("gradient", grad), *(("state", tensor) for tensor in tensors)):
+        if not isinstance(tensor, dtensor_module.DTensor) or tensor.placements != param.placements:
+            placements = getattr(tensor, "placements", "a plain tensor")
+            raise ValueError(f"a DTensor param with placements {param.placements} has a {name} with placements "
+                             f"{placements}: optimlab updates DTensors shard by shard and needs them to match")
+    return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
