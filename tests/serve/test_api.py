@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from optimlab.lab.surfaces import SURFACES
 from optimlab.rules import OPTIMIZERS
 from optimlab.serve import create_app
-from optimlab.serve.models import MAX_OPTIMIZERS, MAX_STEPS, MAX_TOTAL_STEPS
+from optimlab.serve.models import MAX_BODY_BYTES, MAX_OPTIMIZERS, MAX_STEPS, MAX_TOTAL_STEPS
 from optimlab.tracing import notes_function, trace
 
 app = create_app()
@@ -182,6 +182,12 @@ def test_bad_input_gets_422_naming_the_field(body, location, words):
 def test_non_finite_numbers_and_broken_json_get_422(text):
     response = client.post("/api/run", content=text, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
+
+
+def test_a_huge_body_is_refused_unread():
+    response = client.post("/api/run", content=b" " * (MAX_BODY_BYTES + 1),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
 
 
 def test_the_largest_request_is_answered():

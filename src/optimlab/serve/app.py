@@ -29,6 +29,7 @@ from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
 from ..rules import OPTIMIZERS
 from .models import (
+    MAX_BODY_BYTES,
     MAX_TOTAL_STEPS,
     PLAYGROUND_LR,
     BadRequest,
@@ -66,6 +67,14 @@ def create_app() -> FastAPI:
                             headers={"Cache-Control": "public, max-age=86400"})
 
     app.add_exception_handler(RequestValidationError, validation_error)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        """Refuse a declared body over `MAX_BODY_BYTES` before reading it (the largest valid one is ~10 kB)."""
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_BODY_BYTES} bytes"})
+        return await call_next(request)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
 
     @app.get("/api/surfaces", response_model=list[SurfaceInfo], tags=["surfaces"])
@@ -86,7 +95,8 @@ def create_app() -> FastAPI:
         return [optimizer_info(name) for name in OPTIMIZERS]
 
     @app.post("/api/run", response_model=RunResponse, tags=["optimizers"],
-              responses={400: {"model": BadRequest, "description": "the body could not be read as JSON text"}})
+              responses={400: {"model": BadRequest, "description": "the body could not be read as JSON text"},
+                         413: {"model": BadRequest, "description": f"the body is over {MAX_BODY_BYTES} bytes"}})
     def run_optimizers(request: RunRequest) -> RunResponse:
         """Run each optimizer from the same start; return paths, losses and each step's trace.
 

@@ -23,6 +23,7 @@ from ..rules import OPTIMIZERS
 MAX_STEPS = 10_000
 MAX_OPTIMIZERS = 16
 MAX_TOTAL_STEPS = 20_000
+MAX_BODY_BYTES = 1 << 20
 
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 SurfaceName = Literal[tuple(SURFACES)]  # type: ignore[valid-type]
@@ -165,7 +166,7 @@ class RunResponse(BaseModel):
 
 
 class BadRequest(BaseModel):
-    """A body that is not text (e.g. invalid UTF-8) cannot be parsed at all."""
+    """A body that cannot be read at all: not text (e.g. invalid UTF-8), or too large."""
 
     detail: str = Field(examples=["There was an error parsing the body"])
 
