@@ -7,6 +7,7 @@ never skip, when it is missing, because CI installs it (`make test` depends on `
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+#: Debian's Chromium; `OPTIMLAB_CHROMIUM` points elsewhere (another distribution, or a missing path to see the
+#: failure message).
+CHROMIUM = Path(os.environ.get("OPTIMLAB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -45,7 +48,7 @@ def live_server() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's /usr/bin/chromium) under Playwright."""
+    """Headless Chromium (`CHROMIUM`) under Playwright; never `playwright install`, which downloads."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: run `make browser` to install Debian's chromium "
                     f"(`make test` does it first)", pytrace=False)
