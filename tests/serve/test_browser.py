@@ -126,6 +126,7 @@ def test_screenshot(browser, live_server, tmp_path):
     page.mouse.move(*_pixel(page, *_trajectories(page)["Adam"][12]))
     page.locator('#trace .card[data-optimizer="adam"] thead', has_text="t = 12").wait_for(timeout=5_000)
     target = Path(os.environ.get("OPTIMLAB_SCREENSHOT") or tmp_path / "serve.png")
-    page.screenshot(path=str(target))
+    trace = page.locator("#trace").bounding_box()
+    page.screenshot(path=str(target), clip={"x": 0, "y": 0, "width": 1440, "height": trace["y"] + trace["height"] + 12})
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert errors == []
