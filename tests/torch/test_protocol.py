@@ -351,3 +351,13 @@ def test_a_named_backend_that_cannot_run_the_work_says_why():
     param.grad = torch.ones(2, dtype=torch.float16)
     with pytest.raises(ValueError, match="backend 'numba' cannot run adam here: numba: dtype"):
         optimizer.step()
+    assert not optimizer.state  # refused before anything changed
+
+
+def test_state_dtype_is_refused_for_complex_params_before_the_step():
+    param = torch.ones(2, dtype=torch.complex64, requires_grad=True)
+    optimizer = optimlab.torch.Adam([param], backend="eager", state_dtype=torch.bfloat16)
+    param.grad = torch.ones_like(param)
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        optimizer.step()
+    assert torch.equal(param, torch.ones_like(param)) and not optimizer.state

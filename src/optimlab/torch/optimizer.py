@@ -66,9 +66,6 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         load_optional_backends()
-        for flag in ("capturable", "differentiable"):
-            if defaults.get(flag):
-                raise ValueError(f"Invalid {flag}: True (optimlab optimizers do not support {flag}=True)")
         self._step_supports_amp_scaling = True
         self.skipped_steps = 0
         super().__init__(params, defaults)
@@ -89,6 +86,9 @@ class Optimizer(torch.optim.Optimizer):
     def _validate_group(self, group: Mapping[str, Any]) -> None:
         rule, hyperparameters = self.rule_for(group)
         rule.validate(hyperparameters)
+        for flag in ("capturable", "differentiable"):
+            if group.get(flag):
+                raise ValueError(f"Invalid {flag}: {group[flag]!r} (optimlab optimizers do not support {flag}=True)")
         backend = group["backend"]
         if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto' or one of {load_optional_backends()})")
@@ -117,13 +117,20 @@ class Optimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if isinstance(grad_scale, torch.Tensor):
             grad_scale = grad_scale.reshape(())
-        work = [(group, *self._params_with_grad(group)) for group in self.param_groups]
+        # Everything that can fail (sparse gradients, the backend's choice) is checked before anything changes.
+        work = []
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            if params:
+                rule, hyperparameters = self.rule_for(group)
+                real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
+                backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
+                work.append((group, rule, hyperparameters, backend, params, grads))
         if self._has_nonfinite_gradient(work):
             self.skipped_steps += 1
             return loss
-        for group, params, grads in work:
-            if params:
-                self._update_group(group, params, grads, grad_scale)
+        for group, rule, hyperparameters, backend, params, grads in work:
+            self._update_group(group, rule, hyperparameters, backend, params, grads, grad_scale)
         return loss
 
     def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -138,19 +145,21 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError("weight_decay option is not compatible with sparse gradients")
                 if param.is_complex():
                     raise RuntimeError(f"{self.torch_name}: sparse gradients of complex params are not supported")
+            if param.is_complex() and group["state_dtype"] is not None:
+                raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (not supported for complex params)")
             params.append(param)
             grads.append(param.grad)
         return params, grads
 
-    def _has_nonfinite_gradient(self, work: list[tuple[dict[str, Any], list, list]]) -> bool:
+    @staticmethod
+    def _has_nonfinite_gradient(work: list[tuple]) -> bool:
         """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync for all)."""
         checks = [(grad._values() if grad.is_sparse else grad).isfinite().all()
-                  for group, _, grads in work if group["skip_nonfinite"] for grad in grads]
+                  for group, *_, grads in work if group["skip_nonfinite"] for grad in grads]
         return bool(checks) and not bool(torch.stack(checks).all())
 
-    def _update_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
-                      grad_scale: Any) -> None:
-        rule, hyperparameters = self.rule_for(group)
+    def _update_group(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
+                      params: list[torch.Tensor], grads: list[torch.Tensor], grad_scale: Any) -> None:
         active = rule.active_state(hyperparameters)
         # Params sharing a step count share the per-step coefficients: one backend call per count.
         buckets: dict[float, list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]] = defaultdict(list)
@@ -174,17 +183,16 @@ class Optimizer(torch.optim.Optimizer):
             coefficients = rule.coefficients(step, **hyperparameters)
             dense = [item for item in items if not item[1].is_sparse]
             if dense:
-                real_params = [item[0] for item in dense]
-                backend = self._backend(group, rule, hyperparameters, real_params)
-                backend.step(rule, hyperparameters, coefficients, real_params, [item[1] for item in dense],
-                             [item[2] for item in dense], grad_scale)
+                backend.step(rule, hyperparameters, coefficients, [item[0] for item in dense],
+                             [item[1] for item in dense], [item[2] for item in dense], grad_scale)
             for param, grad, tensors in items:
                 if grad.is_sparse:
-                    self._sparse_update(group, rule, hyperparameters, coefficients, param, grad, tensors, grad_scale)
+                    self._sparse_update(rule, hyperparameters, backend, coefficients, param, grad, tensors,
+                                        grad_scale)
 
-    def _sparse_update(self, group: Mapping[str, Any], rule: Rule, hyperparameters: dict[str, Any],
-                       coefficients: dict[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                       tensors: list[torch.Tensor], grad_scale: Any) -> None:
+    @staticmethod
+    def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
+                       param: torch.Tensor, grad: torch.Tensor, tensors: list[torch.Tensor], grad_scale: Any) -> None:
         """The rule on the rows a sparse gradient touches: gather them, run the backend, scatter back.
 
         Elementwise rules whose untouched elements must stay as they are (Adagrad without weight decay, as
@@ -194,15 +202,10 @@ class Optimizer(torch.optim.Optimizer):
         index = tuple(grad._indices())
         rows = param[index]
         state_rows = [tensor[index] for tensor in tensors]
-        backend = self._backend(group, rule, hyperparameters, [rows])
         backend.step(rule, hyperparameters, coefficients, [rows], [grad._values()], [state_rows], grad_scale)
         param.index_put_(index, rows)
         for tensor, updated in zip(tensors, state_rows, strict=True):
             tensor.index_put_(index, updated)
-
-    def _backend(self, group: Mapping[str, Any], rule: Rule, hyperparameters: Mapping[str, Any],
-                 params: list[torch.Tensor]) -> Backend:
-        return resolve(group["backend"], rule, hyperparameters, params, group["state_dtype"])
 
     def _ensure_state(self, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any], rule: Rule,
                       hyperparameters: Mapping[str, Any]) -> bool:
@@ -219,9 +222,7 @@ class Optimizer(torch.optim.Optimizer):
     @staticmethod
     def _new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
         state_dtype = group["state_dtype"]
-        if param.is_complex():
-            if state_dtype is not None:
-                raise ValueError(f"Invalid state_dtype: {state_dtype} (not supported for complex params)")
+        if param.is_complex():  # (state_dtype is refused for complex params before the step)
             return torch.full_like(param, complex(value, value), memory_format=torch.preserve_format)
         return torch.full_like(param, value, dtype=state_dtype or param.dtype, memory_format=torch.preserve_format)
 
@@ -272,6 +273,8 @@ class Optimizer(torch.optim.Optimizer):
                              f"{len(self.param_groups)}")
         params_by_id = {}
         for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if not isinstance(saved, Mapping):
+                raise ValueError(f"Invalid state_dict: param group {index} is a {type(saved).__name__}, not a mapping")
             if len(saved.get("params", ())) != len(group["params"]):
                 raise ValueError(f"Invalid state_dict: param group {index} has {len(saved.get('params', ()))} "
                                  f"params, this optimizer's has {len(group['params'])}")
