@@ -41,7 +41,8 @@ VARIANTS = {
 #: One configuration per rule, for the dtype tests (the first momentum step is a variant of its own too).
 PER_RULE = ["sgd", "momentum", "adagrad", "rmsprop-centered-momentum-maximize", "adam"]
 
-#: Empty, tiny, odd, an offset (unaligned) view each, and one spanning several parallel chunks.
+#: Empty, tiny, odd, an offset (unaligned) view each, and one spanning several chunks; in all more than
+#: `PARALLEL_MIN` elements, so the pass is shared between threads.
 SIZES = (3, 0, 1, 1030, 2 * numba_cpu.CHUNK + 7)
 BACKEND = numba_cpu.BACKEND
 
@@ -178,6 +179,17 @@ def test_nonfinite_gradients_behave_as_in_eager(name):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+def test_zero_over_zero_is_nan_not_an_error():
+    """With eps = 0 a zero gradient gives 0 / 0: NaN, as torch computes it (no ZeroDivisionError)."""
+    rule, hyper, params, states, _ = _setup("adagrad", sizes=(4, 3000))
+    hyper = {**hyper, "eps": 0.0}
+    grads = [torch.zeros_like(param) for param in params]
+    expected_params, _ = _reference(rule, hyper, params, grads, states, 1)
+    BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    assert all(bool(param.isnan().all()) for param in params if param.numel())
+    _assert_close(params, expected_params)
+
+
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
 def test_grad_scale_divides_the_gradients_and_leaves_them_alone(as_tensor):
     rule, hyper, params, states, generator = _setup("adam")
@@ -226,6 +238,15 @@ def test_new_state_tensors_and_replaced_param_data_are_picked_up():
         BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
         _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
         _assert_close(sum(states, []), sum(expected_states, []), rtol=1e-5, atol=1e-6)
+
+
+def test_work_is_shared_in_pieces_of_equal_size():
+    sizes = np.array([numba_cpu.CHUNK] * 30 + [100] * 50)
+    pieces = numba_cpu._pieces(sizes, threads=2)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(sizes)
+    assert all(last == first for (_, last), (first, _) in zip(pieces[:-1], pieces[1:], strict=True))  # no gaps
+    assert len(pieces) == 2 * numba_cpu.PIECES_PER_THREAD
+    assert numba_cpu._pieces(np.array([100] * 5), threads=2) == [(0, 5)]  # small: one piece, no helpers
 
 
 def test_freed_state_drops_the_cached_pointer_table():

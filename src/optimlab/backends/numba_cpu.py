@@ -1,9 +1,10 @@
-"""Fused CPU kernels compiled from the rules with Numba: one parallel pass per param group.
+"""Fused CPU kernels compiled from the rules with Numba: one multi-threaded pass per param group.
 
 Each kernel is `rule.specialize(NATIVE, njit)` — the rule's own code object, compiled — called once per
 element from a generated *driver* that only moves data: it reads each element of the param, gradient and
 state, calls the rule, and stores the results, in place, through the tensors' data pointers. The driver
-covers every tensor of a group in one `prange` over chunks, so ten thousand small tensors cost one launch.
+covers every tensor of a group in one call over a table of chunks, so ten thousand small tensors cost one
+launch; big passes are shared between threads (see `_Workers`).
 
 Why a generated driver: Numba's on-disk cache (`cache=True`) needs a real source file, and the driver must
 name its element types (float32, float64, or bfloat16 stored as uint16 bits) at compile time. The file is
@@ -29,8 +30,10 @@ import hashlib
 import importlib.util
 import itertools
 import os
+import queue
 import sys
 import tempfile
+import threading
 import types
 import weakref
 from collections.abc import Mapping, Sequence
@@ -43,9 +46,12 @@ import torch
 from ..rules import Rule
 from . import register
 
-#: Elements per parallel work item: large enough to amortize the per-chunk setup, small enough that a
-#: big tensor spreads over every core.
+#: Elements per chunk: a tensor is cut into chunks so that a big one spreads over every core.
 CHUNK = 1 << 15
+#: Pieces (runs of consecutive chunks, equal in elements) per thread: the unit threads take work in.
+PIECES_PER_THREAD = 4
+#: Below this many elements a pass runs on the calling thread alone: waking helpers would cost more.
+PARALLEL_MIN = 1 << 16
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
@@ -166,7 +172,9 @@ def specialize(rule: Rule, compute: str) -> Any:
     scalar_type = getattr(np, compute)
 
     def wrap(function: Any) -> Any:
-        return numba.njit(inline="always")(typed_constants(function, scalar_type))
+        # error_model="numpy": x / 0 is ±inf or NaN as in torch, never a ZeroDivisionError (whose check
+        # in the loop would also stop LLVM from vectorizing it)
+        return numba.njit(inline="always", error_model="numpy")(typed_constants(function, scalar_type))
 
     natives = {"sqrt": _native_sqrt, "maximum": _native_maximum, "lerp": _native_lerp}
     kernel = rule.specialize({name: wrap(native) for name, native in natives.items()}, wrap)
@@ -226,7 +234,7 @@ def driver_source(rule: Rule, variant: Variant) -> str:
     flags = dict(variant.flags)
     scalars = [name for name in rule.coefficient_names if name not in flags]
     active = [name for name, used in zip(rule.state_names, variant.active, strict=True) if used]
-    locals_ = {"chunk", "tensor", "start", "size", "i", "param", "grad", "update", "np"}
+    locals_ = {"first", "last", "chunk", "tensor", "start", "size", "i", "param", "grad", "update", "np"}
     clashes = locals_ & set(rule.coefficient_names + rule.state_names)
     if clashes:
         raise ValueError(f"{rule.name}: names {sorted(clashes)} clash with the driver's locals")
@@ -251,7 +259,7 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "Loops, loads and stores only: the math is `update`, the rule's own code compiled by `Rule.specialize`.",
         '"""',
         "import numpy as np",
-        "from numba import carray, njit, prange",
+        "from numba import carray, njit",
         "",
         "from optimlab.backends.numba_cpu import driver_helper, specialized_update",
         "",
@@ -261,10 +269,10 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "float32_to_bfloat16 = driver_helper('float32_to_bfloat16')",
         "",
         "",
-        "@njit(parallel=True, cache=True, nogil=True)",
-        f"def step(param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop, grad_scale"
-        f"{''.join(', ' + name for name in scalars)}):",
-        "    for chunk in prange(chunk_tensor.shape[0]):",
+        "@njit(cache=True, nogil=True, error_model='numpy')",
+        f"def step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop, "
+        f"grad_scale{''.join(', ' + name for name in scalars)}):",
+        "    for chunk in range(first, last):",
         "        tensor = chunk_tensor[chunk]",
         "        start = chunk_start[chunk]",
         "        size = np.uint64(chunk_stop[chunk] - start)  # unsigned: no negative-index checks in the loop",
@@ -334,7 +342,7 @@ class _Layout:
     """
 
     def __init__(self, rule: Rule, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]],
-                 active: tuple[str, ...], param_pointers: np.ndarray, on_free: Any) -> None:
+                 active: tuple[str, ...], param_pointers: np.ndarray, threads: int, on_free: Any) -> None:
         self.active = active
         self.param_pointers = param_pointers
         flat_states = list(itertools.chain.from_iterable(states))
@@ -361,7 +369,9 @@ class _Layout:
             chunk_stop = np.minimum(chunk_start + CHUNK, sizes[chunk_tensor])
             selection = None if len(indices) == len(params) else np.array(indices, dtype=np.int64)
             self.splits.append(_Split(param_kind, state_kind, used, selection,
-                                      (state_pointers, sizes, chunk_tensor, chunk_start, chunk_stop)))
+                                      (state_pointers, sizes, chunk_tensor, chunk_start, chunk_stop),
+                                      _pieces(chunk_stop - chunk_start, threads)))
+        self.threads = threads
 
 
 class _Split(NamedTuple):
@@ -370,6 +380,64 @@ class _Split(NamedTuple):
     used: tuple[bool, ...]
     selection: np.ndarray | None
     tables: tuple[np.ndarray, ...]
+    pieces: list[tuple[int, int]]
+
+
+def _pieces(chunk_sizes: np.ndarray, threads: int) -> list[tuple[int, int]]:
+    """Cut the chunks into runs of about equal elements, `PIECES_PER_THREAD` per thread (one if small)."""
+    total = int(chunk_sizes.sum())
+    if threads == 1 or total < PARALLEL_MIN:
+        return [(0, len(chunk_sizes))]
+    ends = np.cumsum(chunk_sizes)
+    targets = np.arange(1, threads * PIECES_PER_THREAD) * (total / (threads * PIECES_PER_THREAD))
+    bounds = np.unique(np.concatenate([[0], np.searchsorted(ends, targets, side="right"), [len(chunk_sizes)]]))
+    return [(int(first), int(last)) for first, last in zip(bounds[:-1], bounds[1:], strict=True) if last > first]
+
+
+class _Workers:
+    """Helper threads for a pass, in a work-sharing scheme where the calling thread works too.
+
+    Numba's own `parallel=True` launches were measured at ~8 ms instead of 0.1 ms on 2 cores beside torch:
+    Numba's OpenMP runtime and torch's (a second copy) each keep idle threads spinning for milliseconds, and
+    a statically scheduled launch waits for its slowest thread. Here helpers block without spinning, every
+    thread takes the next piece from one shared iterator, and the caller waits only for pieces already
+    taken, so a helper the OS has not scheduled yet delays nothing: the caller does its share instead.
+    """
+
+    def __init__(self) -> None:
+        self._inboxes: list[queue.SimpleQueue] = []
+
+    def run(self, pieces: Sequence[tuple[int, int]], work: Any, arguments: tuple, helpers: int) -> None:
+        """`work(first, last, *arguments)` for every piece, on this thread and up to `helpers` others."""
+        while len(self._inboxes) < helpers:
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), daemon=True, name="optimlab-numba").start()
+            self._inboxes.append(inbox)
+        shared, finished, done, errors = iter(pieces), itertools.count(1), threading.Event(), []
+
+        def drain() -> None:
+            for first, last in shared:  # a list iterator: `next` is atomic under the GIL
+                try:
+                    work(first, last, *arguments)
+                except BaseException as error:  # noqa: B036 (re-raised on the calling thread)
+                    errors.append(error)
+                if next(finished) == len(pieces):
+                    done.set()
+
+        for inbox in self._inboxes[:helpers]:
+            inbox.put(drain)
+        drain()
+        done.wait()
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _serve(inbox: queue.SimpleQueue) -> None:
+        while True:
+            inbox.get()()
+
+
+_WORKERS = _Workers()
 
 
 _data_ptr = torch.Tensor.data_ptr
@@ -424,17 +492,23 @@ class NumbaCPU:
             run = run[1] if run is not None else driver(rule, variant)
             compute = getattr(np, variant.compute)
             selection = split.selection
-            run(param_pointers if selection is None else param_pointers[selection],
-                grad_pointers if selection is None else grad_pointers[selection],
-                *split.tables, compute(scale), *map(compute, scalars))
+            arguments = (param_pointers if selection is None else param_pointers[selection],
+                         grad_pointers if selection is None else grad_pointers[selection],
+                         *split.tables, compute(scale), *map(compute, scalars))
+            if len(split.pieces) == 1:
+                run(*split.pieces[0], *arguments)
+            else:
+                _WORKERS.run(split.pieces, run, arguments, layout.threads - 1)
 
     def _layout(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[torch.Tensor],
                 states: Sequence[Sequence[torch.Tensor]], param_pointers: np.ndarray) -> _Layout:
         active = rule.active_state(hyperparameters)
+        threads = torch.get_num_threads()  # as many threads as torch's own CPU kernels use
         first_state = states[0][0] if len(states[0]) else None
         key = (id(rule), id(params[0]), id(first_state), len(params))
         layout = self._layouts.get(key)
-        if (layout is not None and layout.active == active and np.array_equal(layout.param_pointers, param_pointers)
+        if (layout is not None and layout.active == active and layout.threads == threads
+                and np.array_equal(layout.param_pointers, param_pointers)
                 and layout.state_ids == tuple(map(id, itertools.chain.from_iterable(states)))):
             return layout
         if any(len(state) != len(active) for state in states):
@@ -446,7 +520,7 @@ class NumbaCPU:
             if getattr(layouts.get(key), "token", None) is token:
                 del layouts[key]
 
-        layout = _Layout(rule, params, states, active, param_pointers, on_free)
+        layout = _Layout(rule, params, states, active, param_pointers, threads, on_free)
         layout.token = token
         self._layouts[key] = layout
         return layout
@@ -454,5 +528,5 @@ class NumbaCPU:
 
 BACKEND = register(NumbaCPU(), first=True)
 
-__all__ = ["BACKEND", "CHUNK", "NumbaCPU", "Variant", "cache_directory", "driver", "driver_source", "specialize",
-           "typed_constants"]
+__all__ = ["BACKEND", "CHUNK", "PARALLEL_MIN", "PIECES_PER_THREAD", "NumbaCPU", "Variant", "cache_directory",
+           "driver", "driver_source", "specialize", "typed_constants"]

@@ -1,0 +1,287 @@
+"""Race optimlab's fused CPU kernels against `torch.optim`, fairly: same process, same tensors, interleaved.
+
+Every contender of a case (ours, and torch's forloop/foreach/fused implementations where they exist on CPU)
+updates the same params from the same grads; repetitions go round-robin (ours, forloop, foreach, fused,
+ours, …) so that a noisy neighbour or a frequency change hits every contender alike, and the median is
+reported. Throughput is counted in *useful* bytes — what an ideal fused kernel must read and write per step
+(param, grad and active state read; param and state written) — and compared with the in-place streaming
+bandwidth of this machine measured in the same run (`a.add_(b)` on buffers far larger than the caches).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..rules import lookup
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes)
+
+
+def gpt2_small_shapes(vocab: int = 50257, context: int = 1024, width: int = 768, layers: int = 12) -> tuple:
+    """GPT-2 small's 148 parameter tensors (124.4 M values): embeddings, 12 blocks, final layer norm."""
+    shapes: list[tuple[int, ...]] = [(vocab, width), (context, width)]
+    for _ in range(layers):
+        shapes += [(width,), (width,),                       # ln_1 weight, bias
+                   (width, 3 * width), (3 * width,),         # attn.c_attn
+                   (width, width), (width,),                 # attn.c_proj
+                   (width,), (width,),                       # ln_2
+                   (width, 4 * width), (4 * width,),         # mlp.c_fc
+                   (4 * width, width), (width,)]             # mlp.c_proj
+    shapes += [(width,), (width,)]                           # ln_f
+    return tuple(shapes)
+
+
+def workloads(quick: bool = False) -> dict[str, Workload]:
+    """(a) GPT-2 small's shapes, (b) 10,000 tensors of 1,000, (c) one 16 M tensor; `quick`: tiny versions."""
+    if quick:
+        return {"gpt2": Workload("gpt2", "GPT-2-small-shaped, 1/16 width", gpt2_small_shapes(3141, 64, 48, 12)),
+                "many": Workload("many", "200 tensors × 1,000", ((1000,),) * 200),
+                "large": Workload("large", "one 256 K tensor", ((1 << 18,),))}
+    return {"gpt2": Workload("gpt2", "GPT-2 small: 148 tensors, 124.4 M", gpt2_small_shapes()),
+            "many": Workload("many", "10,000 tensors × 1,000", ((1000,),) * 10_000),
+            "large": Workload("large", "one 16 M tensor", ((1 << 24,),))}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One optimizer configuration, as optimlab spells it and as torch.optim does."""
+
+    name: str
+    optimizer: str
+    overrides: dict[str, Any]
+    torch_class: str
+    torch_kwargs: dict[str, Any]
+    state_dtype: torch.dtype | None = None
+
+
+LR = 1e-3
+CASES = {case.name: case for case in (
+    Case("sgd", "sgd", {"lr": LR}, "SGD", {"lr": LR}),
+    Case("sgd-momentum", "momentum", {"lr": LR, "momentum": 0.9}, "SGD", {"lr": LR, "momentum": 0.9}),
+    Case("nesterov", "nesterov", {"lr": LR, "momentum": 0.9}, "SGD", {"lr": LR, "momentum": 0.9, "nesterov": True}),
+    Case("adagrad", "adagrad", {"lr": LR}, "Adagrad", {"lr": LR}),
+    Case("rmsprop", "rmsprop", {"lr": LR}, "RMSprop", {"lr": LR}),
+    Case("rmsprop-centered", "rmsprop", {"lr": LR, "centered": True}, "RMSprop", {"lr": LR, "centered": True}),
+    Case("adam", "adam", {"lr": LR}, "Adam", {"lr": LR}),
+    Case("adam-amsgrad", "adam", {"lr": LR, "amsgrad": True}, "Adam", {"lr": LR, "amsgrad": True}),
+    Case("adamw", "adamw", {"lr": LR}, "AdamW", {"lr": LR}),
+    Case("adam-bf16-state", "adam", {"lr": LR}, "Adam", {"lr": LR}, state_dtype=torch.bfloat16),
+)}
+TORCH_VARIANTS = ("forloop", "foreach", "fused")
+
+
+@dataclass
+class Result:
+    workload: str
+    case: str
+    tensors: int
+    numel: int
+    bytes_per_step: int
+    state_bytes: dict[str, int]
+    median_ms: dict[str, float]
+    best_torch: str | None = None
+    speedup: float | None = None
+    gbps: float | None = None
+    roofline_fraction: float | None = None
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    roofline_gbps: float
+    results: list[Result] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "roofline_gbps": self.roofline_gbps,
+                "results": [asdict(result) for result in self.results]}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and core counts, for the record next to the numbers."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numba
+
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "numba_threads": numba.get_num_threads(), "torch": torch.__version__, "numba": numba.__version__}
+
+
+def _interleaved(contenders: dict[str, Callable[[], None]], repetitions: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each contender, repetitions taken round-robin."""
+    for _ in range(warmup):
+        for run in contenders.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repetitions):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def roofline(numel: int, repetitions: int = 7) -> float:
+    """In-place streaming bandwidth in GB/s: `a.add_(b)` reads two buffers and writes one."""
+    a, b = torch.ones(numel), torch.ones(numel)
+    seconds = _interleaved({"add_": lambda: a.add_(b)}, repetitions, warmup=2)["add_"]
+    return 3 * a.element_size() * numel / seconds / 1e9
+
+
+class OursRunner:
+    """One optimlab optimizer on the numba backend: what the PyTorch front end calls, per param group."""
+
+    def __init__(self, case: Case, params: Sequence[torch.Tensor]) -> None:
+        from ..backends import numba_cpu
+
+        self.rule, defaults = lookup(case.optimizer)
+        self.hyperparameters = self.rule.defaults(**{**defaults, **case.overrides})
+        self.params = list(params)
+        self.states = [[torch.full_like(param, self.rule.initial_state(name, self.hyperparameters),
+                                        dtype=case.state_dtype or param.dtype)
+                        for name in self.rule.active_state(self.hyperparameters)] for param in self.params]
+        self.backend = numba_cpu.BACKEND
+        self.count = 0
+
+    def state_bytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for state in self.states for tensor in state)
+
+    def step(self) -> None:
+        self.count += 1
+        coefficients = self.rule.coefficients(self.count, **self.hyperparameters)
+        grads = [param.grad for param in self.params]
+        self.backend.step(self.rule, self.hyperparameters, coefficients, self.params, grads, self.states)
+
+
+def _torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
+    """torch.optim's implementation `variant`, or None where this optimizer has none on CPU."""
+    flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    cls = getattr(torch.optim, case.torch_class)
+    probe = torch.zeros(2, requires_grad=True)
+    probe.grad = torch.ones(2)
+    try:
+        cls([probe], **case.torch_kwargs, **flags).step()
+    except (TypeError, RuntimeError, ValueError):
+        return None
+    return cls(params, **case.torch_kwargs, **flags)
+
+
+def _torch_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
+               for key, value in state.items() if torch.is_tensor(value) and key != "step")
+
+
+def bytes_per_step(case: Case, workload: Workload) -> int:
+    """Useful traffic of one step: param + grad + active state read, param + state written."""
+    rule, defaults = lookup(case.optimizer)
+    states = len(rule.active_state(rule.defaults(**{**defaults, **case.overrides})))
+    state_size = 2 if case.state_dtype == torch.bfloat16 else 4
+    return workload.numel * (3 * 4 + 2 * states * state_size)
+
+
+def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
+        quick: bool = False, variants: Sequence[str] = TORCH_VARIANTS,
+        progress: Callable[[str], None] = lambda message: None) -> Report:
+    """Benchmark each case on each workload; see the module docstring for the method."""
+    available = workloads(quick)
+    buffer = (1 << 22) if quick else (1 << 26)  # 16 MB or 256 MB per buffer: beyond any cache
+    report = Report(machine=machine(), roofline_gbps=roofline(buffer))
+    for workload_name in workload_names:
+        workload = available[workload_name]
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.randn(shape, generator=generator).requires_grad_() for shape in workload.shapes]
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+        for case_name in case_names:
+            case = CASES[case_name]
+            progress(f"{workload_name} / {case_name}")
+            ours = OursRunner(case, params)
+            contenders: dict[str, Callable[[], Any]] = {"optimlab": ours.step}
+            torch_optimizers = {}
+            for variant in variants:
+                optimizer = _torch_optimizer(case, params, variant)
+                if optimizer is not None:
+                    torch_optimizers[variant] = optimizer
+                    contenders[variant] = optimizer.step
+            with torch.no_grad():
+                medians = _interleaved(contenders, repetitions, warmup)
+            result = Result(workload=workload_name, case=case_name, tensors=len(params), numel=workload.numel,
+                            bytes_per_step=bytes_per_step(case, workload),
+                            state_bytes={"optimlab": ours.state_bytes(),
+                                         **{name: _torch_state_bytes(opt) for name, opt in torch_optimizers.items()}},
+                            median_ms={name: seconds * 1e3 for name, seconds in medians.items()})
+            torch_times = {name: ms for name, ms in result.median_ms.items() if name != "optimlab"}
+            if torch_times:
+                result.best_torch = min(torch_times, key=torch_times.get)
+                result.speedup = torch_times[result.best_torch] / result.median_ms["optimlab"]
+            result.gbps = result.bytes_per_step / (result.median_ms["optimlab"] / 1e3) / 1e9
+            result.roofline_fraction = result.gbps / report.roofline_gbps
+            report.results.append(result)
+            del ours, contenders, torch_optimizers
+            gc.collect()
+        del params
+        gc.collect()
+    # measured again at the end: the roofline is the better of the two, like the medians a fair best case
+    report.roofline_gbps = max(report.roofline_gbps, roofline(buffer))
+    for result in report.results:
+        result.roofline_fraction = result.gbps / report.roofline_gbps
+    return report
+
+
+def _format_ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows, shared by the rich table and the Markdown output."""
+    header = ["workload", "optimizer", "optimlab ms", *(f"{name} ms" for name in TORCH_VARIANTS),
+              "vs best torch", "GB/s", "% roofline", "state MB (ours / torch)"]
+    body = []
+    for result in report.results:
+        torch_state = max((value for name, value in result.state_bytes.items() if name != "optimlab"), default=0)
+        body.append([result.workload, result.case, _format_ms(result.median_ms["optimlab"]),
+                     *(_format_ms(result.median_ms.get(name)) for name in TORCH_VARIANTS),
+                     "—" if result.speedup is None else f"{result.speedup:.2f}× ({result.best_torch})",
+                     f"{result.gbps:.1f}", f"{100 * result.roofline_fraction:.0f} %",
+                     f"{result.state_bytes['optimlab'] / 1e6:.0f} / {torch_state / 1e6:.0f}"])
+    return header, body
+
+
+def markdown(report: Report) -> str:
+    """The report as a Markdown table with the machine it ran on."""
+    header, body = rows(report)
+    info = report.machine
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores (torch {info['torch']} with {info['torch_threads']} "
+             f"threads, numba {info['numba']} with {info['numba_threads']}); in-place roofline "
+             f"(`a.add_(b)`, same run): {report.roofline_gbps:.1f} GB/s.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CASES", "TORCH_VARIANTS", "Case", "OursRunner", "Report", "Result", "Workload", "bytes_per_step",
+           "gpt2_small_shapes", "machine", "markdown", "roofline", "rows", "run", "workloads"]
