@@ -71,16 +71,21 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
         workdir = Path(directory)
         port = free_port()
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        processes = []
-        for rank in range(world_size):
-            output = (workdir / f"rank-{rank}.out").open("w")
-            command = [sys.executable, str(HERE / "worker.py"), "--rank", str(rank), "--world-size",
-                       str(world_size), "--port", str(port), "--workdir", str(workdir), "--module", module,
-                       *scenarios]
-            processes.append(subprocess.Popen(command, cwd=HERE, env=environment, stdout=output,
-                                              stderr=subprocess.STDOUT))
-            output.close()
-        first_failed, timed_out = _wait(processes, timeout)
+        processes: list[subprocess.Popen] = []
+        try:
+            for rank in range(world_size):
+                command = [sys.executable, str(HERE / "worker.py"), "--rank", str(rank), "--world-size",
+                           str(world_size), "--port", str(port), "--workdir", str(workdir), "--module", module,
+                           *scenarios]
+                with (workdir / f"rank-{rank}.out").open("w") as output:
+                    processes.append(subprocess.Popen(command, cwd=HERE, env=environment, stdout=output,
+                                                      stderr=subprocess.STDOUT))
+            first_failed, timed_out = _wait(processes, timeout)
+        finally:  # whatever happened (a failure, the timeout, an interrupt): no rank outlives its group
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
         logs = [_read_log(workdir / f"rank-{rank}.jsonl") for rank in range(world_size)]
         outputs = [(workdir / f"rank-{rank}.out").read_text(errors="replace") for rank in range(world_size)]
 
@@ -126,9 +131,9 @@ def _order(scenarios: list[str], name: str) -> int:
 
 
 def _wait(processes: list[subprocess.Popen], timeout: float) -> tuple[int | None, bool]:
-    """Poll until all exit cleanly, one fails (the rest are then killed) or `timeout` passes (all killed).
+    """Poll until all ranks exit cleanly, one fails or `timeout` passes; the caller kills any still running.
 
-    Returns (the rank that failed first or None, whether the group timed out).
+    Returns (a rank that has failed or None, whether the group timed out).
     """
     deadline = time.monotonic() + timeout
     first_failed = None
@@ -141,10 +146,6 @@ def _wait(processes: list[subprocess.Popen], timeout: float) -> tuple[int | None
         if all(code == 0 for code in codes):
             return None, False
         time.sleep(0.05)
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
     return first_failed, first_failed is None
 
 

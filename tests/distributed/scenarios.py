@@ -4,11 +4,13 @@ Each trains a tiny model twice in the same processes — with `torch.optim` and 
 on a given backend — under the same parallelism, and asserts the results agree:
 
 * `ddp_*`: `DistributedDataParallel`, AdamW;
-* `fsdp2_*`: `fully_shard` (params are `DTensor` shards), Adam, AdamW and RMSprop;
+* `fsdp2_*`: `fully_shard` (params are `DTensor` shards), each optimizer (SGD with Nesterov momentum,
+  Adagrad, RMSprop, Adam, AdamW);
 * `zero_*`: `ZeroRedundancyOptimizer(optimizer_class=...)`, its state dict consolidated on rank 0 and
   loaded back;
 * `dcp_*`: `torch.distributed.checkpoint` under FSDP2, saved mid-training and restored into a fresh model and
-  optimizer, which must continue exactly as the uninterrupted run.
+  optimizer, which must continue exactly as the uninterrupted run; checkpoints also load across optimlab and
+  `torch.optim` both ways.
 
 A scenario is named `<parallelism>_<backend>`; the functions at the bottom of this file are what the tests name.
 """
@@ -35,6 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 STEPS = 4
 #: Hyperparameters away from the defaults, so that every term of each rule matters.
 CONFIGS = {
+    "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    "Adagrad": {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
     "Adam": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.01},
     "AdamW": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1},
     "RMSprop": {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True},
@@ -134,7 +138,7 @@ def sharded_model(world_size: int, seed: int = 0) -> nn.Module:
 
 
 def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
-    for name in ("Adam", "AdamW", "RMSprop"):
+    for name in CONFIGS:
         results = {}
         for kind in (backend, "torch"):
             model = sharded_model(world_size)
@@ -226,6 +230,8 @@ def dcp_resume(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
     assert_matches_torch(expected, reference, f"{name} under FSDP2", backend)
     assert_matches_torch(resumed(backend, theirs), reference,
                          f"{name} resumed from torch.optim's distributed checkpoint", backend)
+    assert_matches_torch(expected, resumed("torch", ours),
+                         f"torch.optim's {name} resumed from optimlab's distributed checkpoint", backend)
 
 
 BACKENDS = ("eager", "numba")
