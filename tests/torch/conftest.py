@@ -1,22 +1,27 @@
 """Shared fixtures for the PyTorch front end's tests.
 
 `TEST_BACKENDS` lists the backends every backend-parametrized test runs through. To run another backend
-through the whole suite, add its registered name here (one line); a backend that is not registered on this
-machine (its dependency missing) is skipped, not failed.
+through the whole suite, add its registered name to the list (one line), or for one run set
+`OPTIMLAB_TEST_BACKENDS=numba,triton`; a backend that is not registered on this machine (its dependency
+missing, or Triton without CUDA or `TRITON_INTERPRET=1`) is skipped, not failed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
 
+from optimlab.backends import BACKENDS
+from optimlab.rules import RULES
 from optimlab.torch import backends
 
 TEST_BACKENDS = [
     "eager",
+    *filter(None, os.environ.get("OPTIMLAB_TEST_BACKENDS", "").split(",")),
 ]
 
 
@@ -25,6 +30,9 @@ def backend(request: pytest.FixtureRequest) -> str:
     """A registered backend name from `TEST_BACKENDS`."""
     if request.param not in backends():
         pytest.skip(f"backend {request.param!r} is not registered here")
+    reason = BACKENDS[request.param].supports(RULES["adam"], RULES["adam"].defaults(), [torch.zeros(1)], None)
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} cannot run CPU tensors here: {reason}")
     return request.param
 
 

@@ -343,6 +343,22 @@ def test_auto_picks_the_first_backend_that_supports_the_work():
         resolve("nope", rule, hyperparameters, params, None)
 
 
+def test_the_default_backend_is_auto_and_runs_the_same_rule(mlp):
+    model = mlp(torch.float64)
+    copies = [param.detach().clone().requires_grad_() for param in model.parameters()]
+    ours, theirs = optimlab.torch.Adam(model.parameters(), lr=0.01), torch.optim.Adam(copies, lr=0.01)
+    assert ours.param_groups[0]["backend"] == "auto"
+    for _ in range(3):
+        model.zero_grad()
+        model(torch.ones(2, 8, dtype=torch.float64)).square().sum().backward()
+        for param, copy in zip(model.parameters(), copies, strict=True):
+            copy.grad = param.grad.clone()
+        ours.step()
+        theirs.step()
+    for param, copy in zip(model.parameters(), copies, strict=True):
+        torch.testing.assert_close(param, copy, rtol=1e-12, atol=1e-14)
+
+
 def test_a_named_backend_that_cannot_run_the_work_says_why():
     if "numba" not in optimlab.torch.backends():
         pytest.skip("numba backend not registered")

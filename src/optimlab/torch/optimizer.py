@@ -53,8 +53,10 @@ class Optimizer(torch.optim.Optimizer):
     """Base class of optimlab's PyTorch optimizers (a `torch.optim.Optimizer`).
 
     Subclasses give `__init__` PyTorch's signature, build `defaults` (PyTorch's group keys plus
-    `OPTIMLAB_KEYS`) and say which rule a group runs (`rule_for`). `skipped_steps` counts the steps that
-    `skip_nonfinite=True` skipped.
+    `OPTIMLAB_KEYS`) and say which rule a group runs (`rule_for`).
+
+    `skip_nonfinite=True` (a group key): when any gradient of such a group is not finite, the whole step is
+    skipped — no param, state or `step` changes in any group — and `skipped_steps` counts it.
     """
 
     #: PyTorch's name for the optimizer, used in error messages ("Adam does not support sparse gradients").
