@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 STEPS = 4
@@ -62,15 +62,16 @@ def factory(name: str, backend: str) -> OptimizerFactory:
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
-    """Two linear layers; 8 and 3 output rows shard evenly and unevenly over two ranks."""
+    """Three linear layers, whose 8, 3 and 1 output rows shard over two ranks evenly, unevenly, and with an
+    empty shard in rank 1."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3), nn.Tanh(), nn.Linear(3, 1))
 
 
 def batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Different data in each rank and step, the same in every run."""
     generator = torch.Generator().manual_seed(1000 * rank + step)
-    return torch.randn(5, 6, generator=generator), torch.randn(5, 3, generator=generator)
+    return torch.randn(5, 6, generator=generator), torch.randn(5, 1, generator=generator)
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, rank: int, steps: range) -> None:
@@ -152,6 +153,22 @@ def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
                              f"{name} local param shards after FSDP2 training", backend)
         assert_matches_torch(results[backend][1], results["torch"][1],
                              f"{name} local state shards after FSDP2 training", backend)
+
+
+def fsdp2_mismatched_gradient(rank: int, world_size: int, workdir: Path) -> None:
+    """A DTensor param whose gradient is sharded differently is refused, not updated element by wrong element."""
+    import optimlab.torch
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    param = nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+    param.grad = distribute_tensor(torch.ones(4, 2), mesh, [Replicate()])
+    optimizer = optimlab.torch.Adam([param])
+    try:
+        optimizer.step()
+    except ValueError as error:
+        assert "placements" in str(error), error
+    else:
+        raise AssertionError("a Shard(0) param with a Replicate() gradient was updated")
 
 
 # --- ZeroRedundancyOptimizer ------------------------------------------------------------------------------
