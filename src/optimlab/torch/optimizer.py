@@ -155,10 +155,13 @@ class Optimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _has_nonfinite_gradient(work: list[tuple]) -> bool:
-        """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync for all)."""
-        checks = [(grad._values() if grad.is_sparse else grad).isfinite().all()
-                  for group, *_, grads in work if group["skip_nonfinite"] for grad in grads]
-        return bool(checks) and not bool(torch.stack(checks).all())
+        """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync per device)."""
+        finite_by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+        for group, *_, grads in work:
+            if group["skip_nonfinite"]:
+                for grad in grads:
+                    finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
+        return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
     def _update_group(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
                       params: list[torch.Tensor], grads: list[torch.Tensor], grad_scale: Any) -> None:
@@ -166,15 +169,17 @@ class Optimizer(torch.optim.Optimizer):
         # Params sharing a step count share the per-step coefficients: one backend call per count.
         buckets: dict[float, list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]] = defaultdict(list)
         keeps_state = self.counts_steps or bool(active)
-        for param, grad in zip(params, grads, strict=True):
-            state = self.state[param] if keeps_state else {}
-            fresh = self._ensure_state(param, state, group, rule, hyperparameters)
-            if self.counts_steps:
-                state["step"] += 1
-                step = state["step"].item()
-            else:
-                # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-                step = 1 if fresh else 2
+        states = [self.state[param] if keeps_state else {} for param in params]
+        fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
+                 for param, state in zip(params, states, strict=True)]
+        if self.counts_steps:
+            counters = [state["step"] for state in states]
+            torch._foreach_add_(counters, 1.0)
+            steps = [counter.item() for counter in counters]
+        else:
+            # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
+            steps = [1 if new else 2 for new in fresh]
+        for param, grad, state, step in zip(params, grads, states, steps, strict=True):
             tensors = [state[name] for name in active]
             param, grad, tensors = local_shards(param, grad, tensors)
             if param.is_complex():
