@@ -10,11 +10,14 @@ One launch covers every tensor of a param group (per dtype combination). The ker
 table, one int64 tensor per launch:
 
     [numel × n | param addresses × n | grad addresses × n | one row of addresses per active state × n |
-     tensor of each block × total_blocks | index of each block within its tensor × total_blocks]
+     tensor of each chunk × total_blocks | index of each chunk within its tensor × total_blocks |
+     whether each program's chunks are all full × programs]
 
-Program `pid` looks up which tensor and which BLOCK-sized chunk of it it owns, turns the addresses into
-typed pointers (`int64 → tl.pointer_type`) and runs the rule on that chunk, so 10,000 small tensors cost
-one launch, and a 38M-element embedding next to 768-element biases wastes no programs. The table is
+A program updates a ROWS × BLOCK tile: it looks up which tensor and which BLOCK-sized chunk of it each row
+owns, turns the addresses into typed pointers (`int64 → tl.pointer_type`) and runs the rule on the tile,
+so 10,000 small tensors cost one launch, and a 38M-element embedding next to 768-element biases wastes no
+programs. On a GPU ROWS is 1 (a program per chunk); under the interpreter, whose cost is per operation
+rather than per element, one program takes every chunk of a small group. The table is
 rebuilt on the host only when an address or size changes (it is compared, not trusted).
 
 Precision: every element is computed in float32 whatever the storage (fp32, fp16, bf16 params; state in
@@ -28,7 +31,10 @@ recompiles nor syncs with the host. An optional `found_inf` tensor (AMP) skips t
 device when it is non-zero.
 
 Under `TRITON_INTERPRET=1` Triton's interpreter runs the same kernels on CPU tensors (addresses are real
-host addresses there), which is how the test suite checks this backend on machines without a GPU.
+host addresses there), which is how the test suite checks this backend on machines without a GPU. There the
+rule and the natives are called as plain Python functions: the interpreter runs device functions as Python
+anyway, and wrapping them in `triton.jit` would only add its per-call patching of `triton.language`.
+`ptx()` compiles the same kernels for a GPU without one, to check what the interpreter cannot.
 """
 
 from __future__ import annotations
@@ -52,9 +58,14 @@ if TYPE_CHECKING:
 
 #: The dtypes a param (and its state) may have: float64 computes in float64, the others in float32.
 _PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-#: Elements per program for groups of mostly small tensors and for large ones (with their warp counts).
+#: Elements per program on a GPU for groups of mostly small tensors and for large ones (with their warp
+#: counts): 8 elements per thread, two 128-bit accesses per stream, ~64 registers (Adam, sm_90), so 32 warps
+#: per SM stay resident to hide memory latency.
 SMALL_BLOCK, SMALL_WARPS = 1024, 4
-LARGE_BLOCK, LARGE_WARPS = 4096, 8
+LARGE_BLOCK, LARGE_WARPS = 2048, 8
+#: Under the interpreter a program costs Python time per operation whatever its size: one tile of at most
+#: this many elements takes as many chunks as fit.
+INTERPRETER_TILE = 1 << 15
 #: Groups whose mean tensor has at least this many elements use LARGE_BLOCK.
 LARGE_TENSOR = 65536
 
@@ -117,7 +128,14 @@ def _triton() -> Any:
 def _jit_all(triton: Any, functions: Sequence[Any]) -> dict[str, Any]:
     """`functions`, compiled by `triton.jit` with `tl` bound, by name."""
     namespace = {"tl": triton.language}
-    return {function.__name__: triton.jit(rebind(function, namespace)) for function in functions}
+    return {function.__name__: _device_function(triton)(rebind(function, namespace)) for function in functions}
+
+
+def _device_function(triton: Any) -> Any:
+    """How a device function is wrapped: `triton.jit`, or not at all under the interpreter (see the module doc)."""
+    if interpreting():
+        return lambda f: f
+    return triton.jit
 
 
 def _natives(triton: Any) -> dict[str, Any]:
@@ -170,19 +188,19 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         arguments.append("packed_pointer")
     if found_inf:
         arguments.append("found_inf_pointer")
-    arguments.append("BLOCK: tl.constexpr")
+    arguments += ["ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
 
-    def chunk(masked: bool) -> list[str]:
-        """Load, update, store one chunk (masked for the last chunk of a tensor)."""
+    def tile(masked: bool) -> list[str]:
+        """Load, update, store one tile (masked where a tile holds a tensor's tail or runs past the last chunk)."""
         mask = ", mask=mask" if masked else ""
-        lines = ["mask = offsets < numel"] if masked else []
+        lines = ["mask = (offsets < numel[:, None]) & live[:, None]"] if masked else []
         for slot, dtype in zip(slots, dtypes, strict=True):
-            load = f"tl.load({slot}_pointer + offsets{mask})"
+            load = f"tl.load({slot}_pointer[:, None] + offsets{mask})"
             widened = f"widen_bfloat16({load})" if dtype == "tl.bfloat16" else f"{load}.to({compute})"
             lines.append(f"{slot} = {widened}")
         if kinds["grad_scale"] != "none":
             lines.append("grad = grad / grad_scale")
-        state_arguments = [name if name in active else f"tl.full([BLOCK], 0.0, {compute})"
+        state_arguments = [name if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
                            for name in rule.state_names]
         results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
         call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
@@ -192,30 +210,33 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
                 # float64 → bfloat16 goes through float32, as `Tensor.to` does
                 narrowed = f"{slot}.to(tl.float32)" if compute == "tl.float64" else slot
                 rounded = f"round_to_bfloat16({narrowed})" if dtype == "tl.bfloat16" else f"{slot}.to({dtype})"
-                lines.append(f"tl.store({slot}_pointer + offsets, {rounded}{mask})")
+                lines.append(f"tl.store({slot}_pointer[:, None] + offsets, {rounded}{mask})")
         return lines
 
+    # A program updates a ROWS × BLOCK tile: ROWS chunks (of one tensor or several), BLOCK elements each.
     body = [
-        "pid = tl.program_id(0)",
+        "chunks = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
+        "live = chunks < total_blocks",
         f"blocks = meta + {1 + len(slots)} * n_tensors",
-        "tensor = tl.load(blocks + pid)",
-        "chunk = tl.load(blocks + total_blocks + pid)",
-        "offsets = chunk * BLOCK + tl.arange(0, BLOCK)",
-        "numel = tl.load(meta + tensor)",
+        "tensor = tl.load(blocks + chunks, mask=live, other=0)",
+        "chunk = tl.load(blocks + total_blocks + chunks, mask=live, other=0)",
+        "numel = tl.load(meta + tensor, mask=live, other=0)",
+        "offsets = chunk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]",
     ]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True), start=1):
-        body.append(f"{slot}_pointer = tl.load(meta + {row} * n_tensors + tensor).to(tl.pointer_type({dtype}))")
+        body.append(f"{slot}_pointer = tl.load(meta + {row} * n_tensors + tensor, mask=live, other=0)"
+                    f".to(tl.pointer_type({dtype}))")
         if aligned:  # every address is 16-byte aligned (checked on the host): allows vectorized access
-            body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, 16)")
+            body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, [16])")
     if aligned:
-        body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, BLOCK), BLOCK)")
+        body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, [1, BLOCK]), [1, BLOCK])")
         if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
-            body.append(f"numel = tl.multiple_of(numel, {numel_multiple})")
-    # Full chunks take the unmasked path, which the compiler can vectorize; only a tensor's tail is masked.
-    body.append("if chunk * BLOCK + BLOCK <= numel:")
-    body += ["    " + line for line in chunk(masked=False)]
+            body.append(f"numel = tl.multiple_of(numel, [{numel_multiple}])")
+    # Tiles of full chunks take the unmasked path, which the compiler can vectorize best.
+    body.append("if tl.load(blocks + 2 * total_blocks + tl.program_id(0)) != 0:  # every chunk of the tile full")
+    body += ["    " + line for line in tile(masked=False)]
     body.append("else:")
-    body += ["    " + line for line in chunk(masked=True)]
+    body += ["    " + line for line in tile(masked=True)]
     if found_inf:
         body = ["if tl.load(found_inf_pointer) == 0:"] + ["    " + line for line in body]
     return "\n".join([f"def {rule.name}_kernel({', '.join(arguments)}):", *prologue,
@@ -229,6 +250,7 @@ class _Launch(NamedTuple):
     meta: Any
     n_tensors: int
     total_blocks: int
+    rows: int
     block: int
     warps: int
     aligned: bool
@@ -315,8 +337,9 @@ class TritonBackend:
                                   launch.aligned, launch.numel_multiple)
             with _on(device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
-                kernel[(launch.total_blocks,)](launch.meta, launch.n_tensors, launch.total_blocks, *arguments,
-                                               BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=True)
+                kernel[(-(-launch.total_blocks // launch.rows),)](
+                    launch.meta, launch.n_tensors, launch.total_blocks, *arguments, ROWS=launch.rows,
+                    BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=True)
 
     def _plan(self, rows: list[list[int]], active: tuple[str, ...], params: Sequence[Any], grads: Sequence[Any],
               columns: Sequence[Sequence[Any]]) -> list[_Launch]:
@@ -326,7 +349,7 @@ class TritonBackend:
         replaced by a different tensor that happens to land there; the plan is checked against every
         address and size on every step.
         """
-        key = (len(rows), len(rows[0]), rows[1][0], str(params[0].device))
+        key = (len(rows), len(rows[0]), rows[1][0], str(params[0].device), interpreting())
         cached = self._plans.get(key)
         if cached is not None and cached[0] == rows:
             return cached[1]
@@ -355,6 +378,8 @@ class TritonBackend:
         numels = torch.tensor(rows[0], dtype=torch.int64)
         large = int(numels.sum()) >= LARGE_TENSOR * len(numels)
         block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
+        if interpreting():
+            block = min(SMALL_BLOCK, _next_power_of_2(max(rows[0])))
         blocks = (numels + block - 1) // block
         total_blocks = int(blocks.sum())
         tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
@@ -364,10 +389,15 @@ class TritonBackend:
         aligned = bool(((addresses % 16) == 0).all())
         sizes = math.gcd(*rows[0])
         numel_multiple = math.gcd(sizes & -sizes, 16) if sizes else 16  # the largest power of two ≤ 16 dividing all
-        meta = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor])
+        tile_rows = 1
+        if interpreting():
+            tile_rows = min(_next_power_of_2(total_blocks), max(1, INTERPRETER_TILE // block))
+        full = (index_in_tensor + 1) * block <= numels[tensor_of_block]
+        full = torch.cat([full, full.new_zeros(-total_blocks % tile_rows)]).reshape(-1, tile_rows).all(1)
+        meta = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor, full.long()])
         if device.type != "cpu":
             meta = meta.to(device, non_blocking=True)
-        return _Launch(dtypes, meta, len(numels), total_blocks, block, warps, aligned, numel_multiple)
+        return _Launch(dtypes, meta, len(numels), total_blocks, tile_rows, block, warps, aligned, numel_multiple)
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                 dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
@@ -379,7 +409,7 @@ class TritonBackend:
             return kernel
         update_key = (id(rule), interpret)
         if update_key not in self._updates:
-            self._updates[update_key] = rule.specialize(_natives(triton), triton.jit)
+            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton))
         source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
@@ -422,7 +452,7 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
         name = parameter.name
         if parameter.is_constexpr:
             signature[name] = "constexpr"
-            constants[(index,)] = block if name == "BLOCK" else coefficients[name]
+            constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name))
         else:
             pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
             fixed = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32", "packed_pointer": "*fp64"}
@@ -448,6 +478,11 @@ def _compiled() -> Any:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = saved
+
+
+def _next_power_of_2(number: int) -> int:
+    """The smallest power of two ≥ `number` (1 for 0): Triton's block shapes are powers of two."""
+    return 1 << max(0, number - 1).bit_length()
 
 
 def _on(device: Any) -> Any:
