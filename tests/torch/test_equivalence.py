@@ -200,3 +200,21 @@ def test_float64_matches_torch_optim(mlp, batches, backend, ours, kwargs, torch_
     reference, optimizer, params, our_params = run_pair(mlp, batches, ours, kwargs, torch_name, torch_kwargs,
                                                         groups, scheduler, backend, torch.float64)
     assert_same(reference, optimizer, params, our_params, RTOL[torch.float64])
+
+
+@pytest.mark.parametrize(("ours", "torch_name", "kwargs"), [
+    ("SGD", "SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}), ("Adagrad", "Adagrad", {"lr": 0.05}),
+    ("RMSprop", "RMSprop", {"lr": 0.001, "centered": True}), ("Adam", "Adam", {"lr": 0.01}),
+    ("AdamW", "AdamW", {"lr": 0.01}),
+])
+def test_swapping_the_class_changes_nothing_else(mlp, batches, backend, ours, torch_name, kwargs):
+    """Each optimizer trains its own model, gradients and all: the one-line swap, in float64."""
+    model, twin = mlp(torch.float64), mlp(torch.float64)
+    reference = getattr(torch.optim, torch_name)(twin.parameters(), **kwargs)
+    optimizer = getattr(optimlab.torch, ours)(model.parameters(), backend=backend, **kwargs)
+    for inputs, targets in batches(STEPS, torch.float64):
+        for net, each in ((twin, reference), (model, optimizer)):
+            each.zero_grad()
+            torch.nn.functional.mse_loss(net(inputs), targets).backward()
+            each.step()
+    assert_same(reference, optimizer, list(twin.parameters()), list(model.parameters()), RTOL[torch.float64])
