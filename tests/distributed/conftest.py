@@ -5,7 +5,8 @@ loopback port and run the named scenarios in order, logging each start and outco
 processes; as soon as one exits with an error it stops the others (a rank left waiting in a collective would
 otherwise block until the collective timeout) and records that scenario's failure: which rank, which
 scenario, the traceback. The scenarios after it run again in a fresh group, so each keeps its own verdict.
-A group that outlives `timeout` is killed and the scenario each rank was in is reported.
+A rank that stays in one scenario longer than `timeout` seconds (or in start-up and rendezvous longer
+than `SETUP_TIMEOUT`) is taken to hang: the group is killed and the scenario each rank was in is reported.
 
 Running many scenarios in one group pays for process start-up, `import torch` and the rendezvous once.
 """
@@ -30,8 +31,10 @@ HERE = Path(__file__).resolve().parent
 WORLD_SIZE = 2
 #: The pseudo-scenario a rank is in from process start until the rendezvous is done.
 SETUP = "<setup>"
-#: Wall-clock bound for one process group, start-up included (a hang ends here, not at pytest's timeout).
-GROUP_TIMEOUT = 150.0
+#: Seconds a rank may spend in one scenario before the harness declares a hang and kills the group.
+SCENARIO_TIMEOUT = 120.0
+#: Seconds a rank may spend starting (`import torch`) and in the rendezvous.
+SETUP_TIMEOUT = 90.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def free_port() -> int:
 
 
 def run_scenarios(scenarios: list[str], *, module: str = "scenarios", world_size: int = WORLD_SIZE,
-                  timeout: float = GROUP_TIMEOUT) -> dict[str, Outcome]:
+                  timeout: float = SCENARIO_TIMEOUT) -> dict[str, Outcome]:
     """Run `scenarios` (names of functions in `module`) on `world_size` ranks: one `Outcome` each."""
     outcomes: dict[str, Outcome] = {}
     remaining = list(scenarios)
@@ -80,7 +83,8 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
                 with (workdir / f"rank-{rank}.out").open("w") as output:
                     processes.append(subprocess.Popen(command, cwd=HERE, env=environment, stdout=output,
                                                       stderr=subprocess.STDOUT))
-            first_failed, timed_out = _wait(processes, timeout)
+            first_failed, timed_out = _wait(processes, [workdir / f"rank-{rank}.jsonl" for rank in range(world_size)],
+                                            timeout)
         finally:  # whatever happened (a failure, the timeout, an interrupt): no rank outlives its group
             for process in processes:
                 if process.poll() is None:
@@ -97,7 +101,9 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
     if timed_out:
         where = ", ".join(f"rank {rank} in {_last_started(log)!r}" for rank, log in enumerate(logs))
         scenario = min((_last_started(log) for log in logs), key=lambda name: _order(scenarios, name))
-        report = f"timed out after {timeout:.0f} s ({where}); the harness killed the group"
+        limit = SETUP_TIMEOUT if scenario == SETUP else timeout
+        report = (f"scenario {scenario!r} timed out: a rank spent more than {limit:.0f} s in it (ranks were: {where}); "
+                  "the harness killed the group")
     else:
         # The root cause is the earliest error: a rank that raises makes the others fail soon after
         # (a collective's peer closed the connection), and they may all exit before the harness looks.
@@ -130,29 +136,37 @@ def _order(scenarios: list[str], name: str) -> int:
     return scenarios.index(name) if name in scenarios else -1
 
 
-def _wait(processes: list[subprocess.Popen], timeout: float) -> tuple[int | None, bool]:
-    """Poll until all ranks exit cleanly, one fails or `timeout` passes; the caller kills any still running.
+def _wait(processes: list[subprocess.Popen], logs: list[Path], timeout: float) -> tuple[int | None, bool]:
+    """Poll until all ranks exit cleanly, one fails, or one outstays `timeout` in a scenario (`SETUP_TIMEOUT`
+    in start-up); the caller kills any still running.
 
     Returns (a rank that has failed or None, whether the group timed out).
     """
-    deadline = time.monotonic() + timeout
-    first_failed = None
-    while time.monotonic() < deadline:
+    started = time.time()
+    while True:
         codes = [process.poll() for process in processes]
         failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
         if failed:
-            first_failed = failed[0]
-            break
+            return failed[0], False
         if all(code == 0 for code in codes):
             return None, False
-        time.sleep(0.05)
-    return first_failed, first_failed is None
+        now = time.time()
+        for log, code in zip(logs, codes, strict=True):
+            if code is not None:  # this rank is done; the others may still be working
+                continue
+            entries = _read_log(log)
+            scenario, since = (entries[-1]["scenario"], entries[-1]["time"]) if entries else (SETUP, started)
+            if now - since > (SETUP_TIMEOUT if scenario == SETUP else timeout):
+                return None, True
+        time.sleep(0.1)
 
 
 def _read_log(path: Path) -> list[dict]:
+    """A rank's records so far (a line still being written is left for the next read)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def _last_started(log: list[dict]) -> str:
@@ -173,7 +187,7 @@ def scenario_outcomes(request: pytest.FixtureRequest) -> dict[str, Outcome]:
     return run_scenarios([name for name in request.module.SCENARIOS if name in selected])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def harness() -> Callable[..., dict[str, Outcome]]:
     """`run_scenarios`, for tests of the harness itself (test modules cannot import a conftest)."""
     return run_scenarios

@@ -44,12 +44,12 @@ def main() -> None:
 
     faulthandler.enable()  # a crash (e.g. SIGSEGV in a kernel) prints the Python stack to the rank's output
     current = "<setup>"
+    record(current, "start")
     try:
         import torch
         import torch.distributed as dist
 
         torch.set_num_threads(1)
-        record(current, "start")
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{arguments.port}", rank=arguments.rank,
                                 world_size=arguments.world_size, timeout=COLLECTIVE_TIMEOUT)
         module = importlib.import_module(arguments.module)
