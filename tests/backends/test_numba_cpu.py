@@ -261,7 +261,7 @@ def test_freed_state_drops_the_cached_pointer_table():
 def test_the_kernel_is_the_rules_own_code_and_the_driver_holds_no_math():
     rule = RULES["rmsprop"]
     variant = numba_cpu.Variant("float32", "float32", (("centered", True), ("maximize", False)),
-                                (True, True, False), False)
+                                (True, True, False), False, ("python",) * 6)
     run = numba_cpu.driver(rule, variant)
     update = sys.modules[run.py_func.__module__].update
     assert update.py_func.__code__.co_code == rule.update.__code__.co_code  # the rule's bytecode, compiled

@@ -10,13 +10,13 @@ Why a generated driver: Numba's on-disk cache (`cache=True`) needs a real source
 name its element types (float32, float64, or bfloat16 stored as uint16 bits) at compile time. The file is
 written once into the kernel cache directory, named by a hash of the rule's bytecode, so a changed rule
 gets a fresh file and never a stale cached kernel. The driver's source holds no arithmetic besides the
-optional `grad / grad_scale`; all of the math is `update`, the rule.
+optional `grad / grad_scale` and addressing; all of the math is `update`, the rule.
 
 Precision follows PyTorch: float32 and bfloat16 params compute in float32 (bfloat16 loads are exact, stores
-round to nearest even, NaN → 0x7FC0, as `c10::BFloat16` does), float64 in float64, with the per-step
-coefficients cast to that compute type. One difference: Numba types an integer literal in the rule
-(the `1` of `1 - beta1`) as int64, so such sub-expressions promote to float64 before the store rounds them
-back; results differ from torch's float32 arithmetic by at most an ulp or so, never in NaN/Inf behaviour.
+round to nearest even, NaN → 0x7FC0, as `c10::BFloat16` does), float64 in float64. The per-step
+coefficients enter as `optimlab.kernels.numba_scalars.Scalar`, which behaves like a Python float in torch:
+`1 - beta2` is computed in float64 and cast to float32 only where it meets a tensor element. Division by
+zero gives ±inf/NaN as in torch (`error_model="numpy"`).
 
 Per step the Python work is three C-level passes over the tensor list (param and gradient data pointers,
 state identities), ≈ 0.2 µs per tensor; the pointer table, chunk table and state pointers are cached per
@@ -34,7 +34,6 @@ import queue
 import sys
 import tempfile
 import threading
-import types
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,21 +86,6 @@ def _native_lerp(start, end, weight):
     if abs(weight) < 0.5:
         return start + weight * (end - start)
     return end - (end - start) * (1 - weight)
-
-
-def typed_constants(function: Any, scalar_type: type) -> Any:
-    """`function` with the numeric constants of its code typed as `scalar_type` (e.g. `np.float32`).
-
-    Numba types the literal `1` in `1 - beta1` as int64, and int64 with float32 promotes to float64:
-    without this, float32 kernels would divide and take square roots in float64, twice as slow and unlike
-    torch, which computes float32 params in float32. Only `co_consts` changes; the bytecode is the rule's.
-    """
-    code = function.__code__
-    constants = tuple(scalar_type(value) if type(value) in (int, float) else value for value in code.co_consts)
-    typed = types.FunctionType(code.replace(co_consts=constants), function.__globals__, function.__name__,
-                               function.__defaults__, function.__closure__)
-    typed.__qualname__, typed.__module__ = function.__qualname__, function.__module__
-    return typed
 
 
 @functools.cache
@@ -162,19 +146,18 @@ _SPECIALIZED: dict[tuple[str, str], Any] = {}
 
 
 def specialize(rule: Rule, compute: str) -> Any:
-    """`rule.update` as a Numba function computing in `compute` ("float32" or "float64").
+    """`rule.update` as a Numba function, for a driver computing in `compute` ("float32" or "float64").
 
     `Rule.specialize` rebuilds it from the rule's own code object; every function is inlined into the
     driver (`inline="always"`) so that, with the structural flags constant, LLVM vectorizes the loop.
+    The element type comes from the driver's arguments; one specialization serves both precisions.
     """
     import numba
-
-    scalar_type = getattr(np, compute)
 
     def wrap(function: Any) -> Any:
         # error_model="numpy": x / 0 is ±inf or NaN as in torch, never a ZeroDivisionError (whose check
         # in the loop would also stop LLVM from vectorizing it)
-        return numba.njit(inline="always", error_model="numpy")(typed_constants(function, scalar_type))
+        return numba.njit(inline="always", error_model="numpy")(function)
 
     natives = {"sqrt": _native_sqrt, "maximum": _native_maximum, "lerp": _native_lerp}
     kernel = rule.specialize({name: wrap(native) for name, native in natives.items()}, wrap)
@@ -209,6 +192,8 @@ class Variant(NamedTuple):
     flags: tuple[tuple[str, bool], ...]
     active: tuple[bool, ...]
     has_grad_scale: bool
+    #: per non-flag coefficient: "python" (a float) or "float32"/"float64" (a 0-dim tensor's dtype)
+    scalar_kinds: tuple[str, ...]
 
     @property
     def compute(self) -> str:
@@ -245,10 +230,13 @@ def driver_source(rule: Rule, variant: Variant) -> str:
 
     grad = _load(variant.param_kind, compute, "grad[i]")
     arguments = [_load(variant.param_kind, compute, "param[i]"),
-                 f"{grad} / grad_scale" if variant.has_grad_scale else grad]
+                 f"{grad} / python_scalar(grad_scale)" if variant.has_grad_scale else grad]
     arguments += [_load(variant.state_kind, compute, f"{name}[i]") if name in active else f"np.{compute}(0.0)"
                   for name in rule.state_names]
-    arguments += [repr(flags[name]) if name in flags else name for name in rule.coefficient_names]
+    kinds = dict(zip(scalars, variant.scalar_kinds, strict=True))
+    arguments += [repr(flags[name]) if name in flags
+                  else f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({name})"
+                  for name in rule.coefficient_names]
     results = ["new_param"] + [f"new_{name}" if name in active else "_" for name in rule.state_names]
     lines = [
         f'"""Generated by optimlab.backends.numba_cpu for rule {rule.name!r}: {variant.param_kind} params, '
@@ -262,6 +250,7 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "from numba import carray, njit",
         "",
         "from optimlab.backends.numba_cpu import driver_helper, specialized_update",
+        "from optimlab.kernels.numba_scalars import python_scalar, tensor_scalar",
         "",
         f"update = specialized_update({rule.name!r}, {compute!r})",
         "address = driver_helper('address')",
@@ -314,8 +303,11 @@ def driver(rule: Rule, variant: Variant) -> Any:
 
     specialize(rule, variant.compute)  # (re)registered for this rule object before its driver imports it
     source = driver_source(rule, variant)
+    from ..kernels import numba_scalars
+
     functions = [rule.update, *primitives.HELPERS.values(), _native_sqrt, _native_maximum, _native_lerp]
-    fingerprint = [numba.__version__, sys.version, source] + [_code_fingerprint(f.__code__) for f in functions]
+    fingerprint = [numba.__version__, sys.version, source, Path(numba_scalars.__file__).read_text()]
+    fingerprint += [_code_fingerprint(function.__code__) for function in functions]
     digest = hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:20]
     module_name = f"optimlab_kernel_{rule.name}_{digest}"
     path = cache_directory() / f"{module_name}.py"
@@ -440,6 +432,24 @@ class _Workers:
 _WORKERS = _Workers()
 
 
+def _scalars(values: Any) -> tuple[list[Any], tuple[str, ...]]:
+    """The non-flag coefficients as launch arguments, and their kinds (see `optimlab.kernels.numba_scalars`)."""
+    arguments, kinds = [], []
+    for value in values:
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            arguments.append(np.float32(value.item()))
+            kinds.append("float32")
+        elif isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+            arguments.append(value.item())
+            kinds.append("float64")
+        else:
+            arguments.append(float(value))
+            kinds.append("python")
+    return arguments, tuple(kinds)
+
+
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 
@@ -483,18 +493,16 @@ class NumbaCPU:
         grad_pointers = np.fromiter(map(_data_ptr, grads), np.int64, count)
         layout = self._layout(rule, hyperparameters, params, states, param_pointers)
         flags = tuple((name, value) for name, value in coefficients.items() if isinstance(value, bool))
-        scalars = [float(coefficients[name]) for name in rule.coefficient_names
-                   if not isinstance(coefficients[name], bool)]
+        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names)
         scale = 1.0 if grad_scale is None else float(grad_scale)
         for split in layout.splits:
-            variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None)
+            variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None, kinds)
             run = _DRIVERS.get((id(rule), variant))
             run = run[1] if run is not None else driver(rule, variant)
-            compute = getattr(np, variant.compute)
             selection = split.selection
             arguments = (param_pointers if selection is None else param_pointers[selection],
                          grad_pointers if selection is None else grad_pointers[selection],
-                         *split.tables, compute(scale), *map(compute, scalars))
+                         *split.tables, scale, *scalars)
             if len(split.pieces) == 1:
                 run(*split.pieces[0], *arguments)
             else:
@@ -529,4 +537,4 @@ class NumbaCPU:
 BACKEND = register(NumbaCPU(), first=True)
 
 __all__ = ["BACKEND", "CHUNK", "PARALLEL_MIN", "PIECES_PER_THREAD", "NumbaCPU", "Variant", "cache_directory",
-           "driver", "driver_source", "specialize", "typed_constants"]
+           "driver", "driver_source", "specialize"]

@@ -1,0 +1,1 @@
+"""Compiler support for the compiled backends (numba's scalar type that behaves like a Python scalar in torch)."""
