@@ -75,6 +75,7 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
         port = free_port()
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         processes: list[subprocess.Popen] = []
+        stopped: set[int] = set()  # the ranks the harness had to kill
         try:
             for rank in range(world_size):
                 command = [sys.executable, str(HERE / "worker.py"), "--rank", str(rank), "--world-size",
@@ -86,9 +87,10 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
             first_failed, timed_out = _wait(processes, [workdir / f"rank-{rank}.jsonl" for rank in range(world_size)],
                                             timeout)
         finally:  # whatever happened (a failure, the timeout, an interrupt): no rank outlives its group
-            for process in processes:
+            for rank, process in enumerate(processes):
                 if process.poll() is None:
                     process.kill()
+                    stopped.add(rank)
                 process.wait()
         logs = [_read_log(workdir / f"rank-{rank}.jsonl") for rank in range(world_size)]
         outputs = [(workdir / f"rank-{rank}.out").read_text(errors="replace") for rank in range(world_size)]
@@ -114,16 +116,23 @@ def _run_group(scenarios: list[str], module: str, world_size: int, timeout: floa
         detail = errors[rank][-1]["detail"] if errors[rank] else (
             f"{_exit_description(processes[rank].returncode)} without a Python traceback; its output ends:\n"
             + outputs[rank][-3000:])
-        others = "; ".join(
-            f"rank {other} " + (f"then failed too: {errors[other][-1]['detail'].strip().splitlines()[-1]}"
-                                if errors[other] else "was stopped by the harness")
-            for other in range(world_size) if other != rank)
+        others = "; ".join(f"rank {other} {_fate(other, errors[other], stopped, processes[other])}"
+                           for other in range(world_size) if other != rank)
         report = f"scenario {scenario!r} failed in rank {rank} of {world_size} ({others}):\n{detail}"
     if scenario == SETUP:
         return {name: Outcome(name, report) for name in scenarios}
     passed = {name: Outcome(name) for name in scenarios[:scenarios.index(scenario)]
               if all(_status(log, name) == "ok" for log in logs)}
     return passed | {scenario: Outcome(scenario, report)}
+
+
+def _fate(rank: int, errors: list[dict], stopped: set[int], process: subprocess.Popen) -> str:
+    """What became of a rank other than the one that failed first."""
+    if errors:
+        return f"then failed too: {errors[-1]['detail'].strip().splitlines()[-1]}"
+    if rank in stopped:
+        return "was stopped by the harness"
+    return "had finished" if process.returncode == 0 else _exit_description(process.returncode)
 
 
 def _exit_description(returncode: int) -> str:
