@@ -21,6 +21,7 @@ from optimlab.torch import backends
 
 TEST_BACKENDS = [
     "eager",
+    "numba",
     *filter(None, os.environ.get("OPTIMLAB_TEST_BACKENDS", "").split(",")),
 ]
 
