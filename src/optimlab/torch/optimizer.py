@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
-from ..backends import BACKENDS, Backend, eager, resolve
+from ..backends import BACKENDS, Backend, resolve
+from ..backends import eager as _eager  # noqa: F401 (registers "eager", the fallback of backend="auto")
 from ..rules import Rule
 
 #: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
@@ -45,7 +46,6 @@ def load_optional_backends() -> list[str]:
             except ImportError:
                 continue
         _loaded_optional = True
-    assert eager.BACKEND.name in BACKENDS
     return list(BACKENDS)
 
 
