@@ -98,6 +98,14 @@ def test_state_dtype_survives_save_and_load(mlp):
     assert all(state["exp_avg"].dtype == torch.float32 for state in theirs.state.values())
 
 
+def test_each_group_keeps_its_backend_across_a_load(mlp):
+    saved = optimlab.torch.Adam(mlp().parameters(), backend="eager").state_dict()
+    saved["param_groups"][0]["backend"] = "a backend this machine lacks"
+    optimizer = optimlab.torch.Adam(mlp().parameters(), backend="auto")
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["backend"] == "auto"
+
+
 def _snapshot(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return copy.deepcopy(optimizer.state_dict())
 

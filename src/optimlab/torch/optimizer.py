@@ -265,11 +265,16 @@ class Optimizer(torch.optim.Optimizer):
         """`torch.optim.Optimizer.load_state_dict`, after checking the whole state dict fits this optimizer.
 
         Accepts state dicts written by `torch.optim` (optimlab's own group keys then take this optimizer's
-        settings). A state dict that does not fit — group or param counts, missing or invalid
-        hyperparameters, missing state, wrong shapes or dtype kinds — raises `ValueError` and changes nothing.
+        settings). Each group keeps its current `backend`: where the math runs belongs to this machine, not to
+        the checkpoint (one written with `backend="triton"` loads on a CPU). A state dict that does not fit —
+        group or param counts, missing or invalid hyperparameters, missing state, wrong shapes or dtype
+        kinds — raises `ValueError` and changes nothing.
         """
         self._check_state_dict(state_dict)
+        backends = [group["backend"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, backend in zip(self.param_groups, backends, strict=True):
+            group["backend"] = backend
 
     def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
@@ -289,7 +294,7 @@ class Optimizer(torch.optim.Optimizer):
                        and key not in ("foreach", "fused", "capturable", "differentiable")]
             if missing:
                 raise ValueError(f"Invalid state_dict: param group {index} lacks {missing}")
-            merged = {**self.defaults, **saved}
+            merged = {**self.defaults, **saved, "backend": group["backend"]}
             try:
                 self._validate_group(merged)
             except (TypeError, ValueError) as error:
