@@ -175,6 +175,16 @@ def test_a_tensor_step_count_is_read_on_the_device(name):
         _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
 
 
+def test_float64_params_with_a_float32_tensor_lr_do_its_scalar_arithmetic_in_float32():
+    """As PyTorch: `1 - lr * weight_decay` with a float32 0-dim lr stays float32 before it meets the params."""
+    rule, hyper, params, states, generator = _setup("adamw", sizes=(5, 70), dtype=torch.float64)
+    tensor_hyper = {**hyper, "lr": torch.tensor(0.01), "weight_decay": 0.1}
+    grads = [torch.randn(param.shape, generator=generator, dtype=torch.float64) for param in params]
+    expected_params, _ = _reference(rule, tensor_hyper, params, grads, states, 1)
+    triton_gpu.BACKEND.step(rule, tensor_hyper, rule.coefficients(1, **tensor_hyper), params, grads, states)
+    _assert_close(params, expected_params, rtol=1e-13, atol=1e-15)
+
+
 def test_large_tensors_take_the_large_block():
     rule, hyper, params, states, generator = _setup("adam", sizes=(triton_gpu.LARGE_TENSOR + 5,))
     grads = [torch.randn(param.shape, generator=generator) for param in params]

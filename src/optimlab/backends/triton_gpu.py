@@ -22,8 +22,7 @@ rebuilt on the host only when an address or size changes (it is compared, not tr
 
 Precision: every element is computed in float32 whatever the storage (fp32, fp16, bf16 params; state in
 the param's dtype or a lower `state_dtype`), and stored rounded to nearest-even; float64 params compute in
-float64 (their float coefficients travel as one small float64 tensor, since Triton passes Python floats
-as float32). Structural
+float64 (with float64 coefficient arguments: Triton passes Python floats as float32 unless told). Structural
 hyperparameters (Python bools such as `amsgrad`, `maximize`, `first_step`) are `tl.constexpr`, so their
 branches compile away; continuous ones are runtime float32 arguments, and 0-dim tensor coefficients
 (a tensor `lr`) and `grad_scale` are passed as pointers and loaded in the kernel: changing them neither
@@ -159,8 +158,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     """Python source of the kernel for one rule and one configuration.
 
     `kinds[c]` says how coefficient `c` (and "grad_scale") arrives: "constexpr" (a structural bool),
-    "value" (a float32 argument), "packed" (an element of one float64 tensor, for float64 params),
-    "pointer" or "bool_pointer" (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
+    "value" (a float argument: float32, or float64 for float64 params), "pointer" or "bool_pointer"
+    (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
     `dtypes` are the Triton dtypes of param, grad and each active state; float64 params compute in
     float64, the others in float32.
     """
@@ -168,24 +167,21 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     slots = ("param", "grad", *active)
     arguments = ["meta", "n_tensors", "total_blocks"]
     prologue = []
-    packed = 0
     for name in (*rule.coefficient_names, "grad_scale"):
         kind = kinds[name]
         if kind == "constexpr":
             arguments.append(f"{name}: tl.constexpr")
-        elif kind == "value":
-            arguments.append(name)
-        elif kind == "packed":
-            prologue.append(f"    {name} = tl.load(packed_pointer + {packed})")
-            packed += 1
+        elif kind == "value":  # Triton passes a Python float as float32 unless the parameter says otherwise
+            arguments.append(f"{name}: tl.float64" if compute == "tl.float64" else name)
         elif kind == "pointer":
             arguments.append(f"{name}_pointer")
-            prologue.append(f"    {name} = tl.load({name}_pointer).to({compute})")
+            # A float64 group keeps a float32 tensor coefficient (a tensor lr) in float32 for the scalar
+            # arithmetic the rule does with it (`1 - lr * weight_decay`), as PyTorch does with 0-dim tensors.
+            conversion = "" if compute == "tl.float64" else ".to(tl.float32)"
+            prologue.append(f"    {name} = tl.load({name}_pointer){conversion}")
         elif kind == "bool_pointer":
             arguments.append(f"{name}_pointer")
             prologue.append(f"    {name} = tl.load({name}_pointer) != 0")
-    if packed:
-        arguments.append("packed_pointer")
     if found_inf:
         arguments.append("found_inf_pointer")
     arguments += ["ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
@@ -325,12 +321,7 @@ class TritonBackend:
             found_inf = found_inf.to(device, non_blocking=True)
         for launch in self._plan(rows, active, params, grads, columns):
             kinds = {name: kind for name, (kind, _) in named.items()}
-            if launch.dtypes[0] == "tl.float64":  # Triton passes Python floats as float32: pack them as float64
-                kinds = {name: "packed" if kind == "value" else kind for name, kind in kinds.items()}
-            arguments = [value for name, (_, value) in named.items() if kinds[name] not in ("packed", "none")]
-            packed = [value for name, (_, value) in named.items() if kinds[name] == "packed"]
-            if packed:
-                arguments.append(torch.tensor(packed, dtype=torch.float64).to(device, non_blocking=True))
+            arguments = [value for name, (kind, value) in named.items() if kind != "none"]
             if found_inf is not None:
                 arguments.append(found_inf)
             kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, found_inf is not None,
@@ -441,8 +432,6 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     coefficients = rule.coefficients(step, **hyperparameters)
     kinds = {name: _coefficient(coefficients[name])[0] for name in rule.coefficient_names}
     kinds["grad_scale"] = "none"
-    if dtype == "float64":
-        kinds = {name: "packed" if kind == "value" else kind for name, kind in kinds.items()}
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
@@ -455,8 +444,9 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name))
         else:
             pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
-            fixed = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32", "packed_pointer": "*fp64"}
-            signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else "fp32")
+            fixed = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
+            scalar = "fp64" if dtype == "float64" else "fp32"
+            signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
                        attrs={(0,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
