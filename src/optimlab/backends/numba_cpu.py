@@ -346,6 +346,9 @@ class _Layout:
         by_kinds: dict[tuple[str, str], list[int]] = {}
         for index, (param, state) in enumerate(zip(params, states, strict=True)):
             state_dtype = state[0].dtype if len(state) else param.dtype
+            if param.dtype not in _DTYPES or state_dtype not in _DTYPES or not param.is_contiguous():
+                raise ValueError(f"numba: cannot run a {param.dtype} param with {state_dtype} state "
+                                 f"(contiguous: {param.is_contiguous()}); use backend='eager'")
             by_kinds.setdefault((_DTYPES[param.dtype], _DTYPES[state_dtype]), []).append(index)
         self.splits = []
         for (param_kind, state_kind), indices in by_kinds.items():
@@ -461,12 +464,21 @@ class NumbaCPU:
 
     def __init__(self) -> None:
         self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._supported: tuple[int, ...] = ()
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
-        """None if every param is a dense, contiguous CPU float32/float64/bfloat16 tensor."""
+        """None if every param is a dense, contiguous CPU float32/float64/bfloat16 tensor.
+
+        The front end asks before every step; the same params as last time (by identity) are answered from
+        memory, so the question costs ~25 ns per tensor instead of ~2 µs. (A param whose `.data` was replaced
+        by something unsupported since is still caught: `step` re-reads dtypes when pointers change.)
+        """
         if state_dtype is not None and state_dtype not in _DTYPES:
             return f"numba: state dtype {state_dtype} not supported (float32, float64, bfloat16)"
+        identities = tuple(map(id, params))
+        if identities == self._supported:
+            return None
         for param in params:
             if not isinstance(param, torch.Tensor):
                 return f"numba: expected torch tensors, got {type(param).__name__}"
@@ -478,6 +490,7 @@ class NumbaCPU:
                 return f"numba: dtype {param.dtype} not supported (float32, float64, bfloat16)"
             if not param.is_contiguous():
                 return "numba: contiguous tensors only"
+        self._supported = identities
         return None
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],

@@ -15,7 +15,8 @@ _WORKLOADS = ("gpt2", "many", "large")
   optimlab bench --quick                          # a smoke run: tiny sizes, seconds\n\n
   optimlab bench -o adam -o adamw -w gpt2 --reps 9\n\n
   optimlab bench --markdown > perf.md             # the table README's Performance section shows\n\n
-  optimlab bench --json > bench.json""")
+  optimlab bench --json > bench.json\n\n
+  optimlab bench --device cuda                    # the triton backend on a GPU (optimlab.bench.cuda)""")
 def bench(
     optimizer: list[str] = typer.Option(None, "--optimizer", "-o",
                                         help="case to run (repeatable; default all): sgd, sgd-momentum, nesterov, "
@@ -29,6 +30,7 @@ def bench(
     torch_variant: list[str] = typer.Option(None, "--torch-variant",
                                             help="forloop, foreach, fused (repeatable; default all that exist)"),
     quick: bool = typer.Option(False, "--quick", help="tiny workloads and 3 repetitions: a smoke test"),
+    device: str = typer.Option("cpu", "--device", help="cpu (numba backend) or cuda (triton backend)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     as_markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
 ) -> None:
@@ -52,16 +54,27 @@ def bench(
     unknown = [name for name in variants if name not in benchmark.TORCH_VARIANTS]
     if unknown:
         fail(f"unknown torch variant {', '.join(unknown)} (expected some of {', '.join(benchmark.TORCH_VARIANTS)})")
+    if device not in ("cpu", "cuda"):
+        fail(f"unknown device {device} (expected cpu or cuda)")
     if reps < 1 or warmup < 0:
         fail(f"--reps must be >= 1 and --warmup >= 0 (got {reps}, {warmup})")
     if quick:
         reps = min(reps, 3)
         warmup = min(warmup, 2)  # two steps: the momentum rule's first step is a kernel of its own
 
+    run = benchmark.run
+    if device == "cuda":
+        from ..bench import cuda
+
+        try:
+            cuda.require_cuda()
+        except cuda.CudaUnavailable as error:
+            fail(str(error))
+        run = cuda.run
     # progress on stderr, so that --json and --markdown output stays clean
     with error_console.status("benchmarking…") as status:
-        report = benchmark.run(cases, workloads, repetitions=reps, warmup=warmup, quick=quick, variants=variants,
-                               progress=lambda message: status.update(f"benchmarking {message}…"))
+        report = run(cases, workloads, repetitions=reps, warmup=warmup, quick=quick, variants=variants,
+                     progress=lambda message: status.update(f"benchmarking {message}…"))
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     elif as_markdown:
@@ -76,8 +89,9 @@ def _print_table(benchmark, report) -> None:
     header, body = benchmark.rows(report)
     info = report.machine
     table = Table(title=f"optimlab vs torch.optim — {info['cpu']}, {info['cores']} cores, "
-                        f"roofline {report.roofline_gbps:.1f} GB/s", caption="median ms per step; "
-                        "vs best torch > 1: optimlab faster; GB/s of useful traffic")
+                        f"roofline {report.roofline_gbps:.1f} GB/s",
+                  caption="median ms per step (optimlab: the backend call; via optimlab.torch: the drop-in "
+                          "class); vs best torch > 1: optimlab faster; GB/s of useful traffic")
     for index, name in enumerate(header):
         table.add_column(name, justify="left" if index < 2 else "right")
     for row in body:

@@ -1,0 +1,80 @@
+"""`optimlab bench` (CPU): the smoke run works end to end and the numbers are self-consistent. No timings."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from optimlab.bench import CASES, TORCH_VARIANTS, bytes_per_step, gpt2_small_shapes, workloads
+from optimlab.cli import app
+
+
+def test_gpt2_small_is_148_tensors_and_124_4_million_values():
+    shapes = gpt2_small_shapes()
+    assert len(shapes) == 148
+    assert sum(math.prod(shape) for shape in shapes) == 124_439_808
+
+
+def test_workloads_are_the_issues_three():
+    full = workloads()
+    assert len(full["many"].shapes) == 10_000 and full["many"].numel == 10_000_000
+    assert full["large"].numel == 16 * 2**20
+
+
+def test_useful_bytes_count_param_grad_and_state_traffic():
+    workload = workloads(quick=True)["large"]
+    assert bytes_per_step(CASES["sgd"], workload) == workload.numel * 12            # p, g read; p written
+    assert bytes_per_step(CASES["adam"], workload) == workload.numel * (12 + 16)    # + m, v read and written
+    assert bytes_per_step(CASES["adam-bf16-state"], workload) == workload.numel * (12 + 8)
+
+
+def test_quick_run_reports_every_case_on_every_workload():
+    result = CliRunner().invoke(app, ["bench", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["machine"]["cores"] >= 1 and report["roofline_gbps"] > 0
+    rows = {(row["workload"], row["case"]): row for row in report["results"]}
+    assert set(rows) == {(workload, case) for workload in ("gpt2", "many", "large") for case in CASES}
+    for row in rows.values():
+        assert {"optimlab", "optimlab.torch"} <= set(row["median_ms"]) <= {"optimlab", "optimlab.torch",
+                                                                            *TORCH_VARIANTS}
+        assert all(value > 0 for value in row["median_ms"].values())
+        best = min(row["median_ms"][name] for name in TORCH_VARIANTS if name in row["median_ms"])
+        assert row["speedup"] == pytest.approx(best / row["median_ms"]["optimlab"])
+    assert "fused" not in rows["many", "rmsprop"]["median_ms"]  # torch has no fused RMSprop on CPU
+    bf16 = rows["gpt2", "adam-bf16-state"]["state_bytes"]
+    assert bf16["optimlab"] * 2 == bf16["fused"]  # bf16 state: half of torch's fp32 state
+
+
+def test_markdown_output_is_a_table():
+    result = CliRunner().invoke(app, ["bench", "--quick", "--markdown", "-o", "sgd", "-w", "large",
+                                      "--torch-variant", "foreach"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Machine: ")
+    assert lines[2].startswith("| workload | optimizer | optimlab ms")
+    assert len([line for line in lines if line.startswith("| large | sgd |")]) == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["-o", "lion"], "unknown optimizer case lion"),
+    (["-w", "huge"], "unknown workload huge"),
+    (["--torch-variant", "jit"], "unknown torch variant jit"),
+    (["--reps", "0"], "--reps must be >= 1"),
+    (["--device", "tpu"], "unknown device tpu"),
+])
+def test_mistakes_print_one_line_and_exit_2(arguments, message):
+    result = CliRunner().invoke(app, ["bench", "--quick", *arguments])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_device_cuda_without_a_gpu_refuses_in_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: `--device cuda` would run")
+    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA" in result.output or "triton" in result.output
