@@ -202,6 +202,16 @@ def test_mixed_dtypes_in_one_group():
     _assert_close(params, expected_params)
 
 
+def test_a_gradient_of_the_wrong_size_is_refused_before_any_launch():
+    rule, hyper, params, states, generator = _setup("sgd", sizes=(4, 6))
+    backend = triton_gpu.TritonBackend()
+    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, [torch.ones(4), torch.ones(6)], states)
+    before = [param.clone() for param in params]
+    with pytest.raises(ValueError, match="size and dtype"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, [torch.ones(4), torch.ones(5)], states)
+    _assert_close(params, before, rtol=0, atol=0)
+
+
 def test_kernels_run_the_rules_own_code():
     rule, hyper, params, states, generator = _setup("rmsprop-centered")
     backend = triton_gpu.TritonBackend()

@@ -6,19 +6,20 @@ loads each element's param, gradient and state, calls it, and stores the results
 of the math: the generated kernel is plumbing derived from the rule's signature (its state and
 coefficient names).
 
-One launch covers every tensor of a param group (per dtype combination). The kernel reads a metadata
-table, one int64 tensor per launch:
+One launch covers every tensor of a param group (per dtype combination). The kernel reads two int64
+tables:
 
-    [numel × n | param addresses × n | grad addresses × n | one row of addresses per active state × n |
-     tensor of each chunk × total_blocks | index of each chunk within its tensor × total_blocks |
-     whether each program's chunks are all full × programs]
+    layout:    [numel × n | tensor of each chunk × total_blocks | index of each chunk in its tensor ×
+                total_blocks | whether each program's chunks are all full × programs]
+    addresses: [param × n | grad × n | one row per active state × n]
 
 A program updates a ROWS × BLOCK tile: it looks up which tensor and which BLOCK-sized chunk of it each row
 owns, turns the addresses into typed pointers (`int64 → tl.pointer_type`) and runs the rule on the tile,
 so 10,000 small tensors cost one launch, and a 38M-element embedding next to 768-element biases wastes no
 programs. On a GPU ROWS is 1 (a program per chunk); under the interpreter, whose cost is per operation
-rather than per element, one program takes every chunk of a small group. The table is
-rebuilt on the host only when an address or size changes (it is compared, not trusted).
+rather than per element, one program takes every chunk of a small group. The layout is built once per set
+of params and state (checked against their sizes and addresses on every step, not trusted); the address
+table again only when a gradient moved (zero_grad(set_to_none=True) reallocates them).
 
 Precision: every element is computed in float32 whatever the storage (fp32, fp16, bf16 params; state in
 the param's dtype or a lower `state_dtype`), and stored rounded to nearest-even; float64 params compute in
@@ -165,7 +166,7 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     """
     compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
     slots = ("param", "grad", *active)
-    arguments = ["meta", "n_tensors", "total_blocks"]
+    arguments = ["layout", "addresses", "n_tensors", "total_blocks"]
     prologue = []
     for name in (*rule.coefficient_names, "grad_scale"):
         kind = kinds[name]
@@ -213,14 +214,14 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     body = [
         "chunks = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
         "live = chunks < total_blocks",
-        f"blocks = meta + {1 + len(slots)} * n_tensors",
+        "blocks = layout + n_tensors",
         "tensor = tl.load(blocks + chunks, mask=live, other=0)",
         "chunk = tl.load(blocks + total_blocks + chunks, mask=live, other=0)",
-        "numel = tl.load(meta + tensor, mask=live, other=0)",
+        "numel = tl.load(layout + tensor, mask=live, other=0)",
         "offsets = chunk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]",
     ]
-    for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True), start=1):
-        body.append(f"{slot}_pointer = tl.load(meta + {row} * n_tensors + tensor, mask=live, other=0)"
+    for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True)):
+        body.append(f"{slot}_pointer = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
                     f".to(tl.pointer_type({dtype}))")
         if aligned:  # every address is 16-byte aligned (checked on the host): allows vectorized access
             body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, [16])")
@@ -239,18 +240,73 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
                       *("    " + line for line in body)]) + "\n"
 
 
-class _Launch(NamedTuple):
-    """One kernel launch: the Triton dtypes of param, grad and state, and the metadata table it reads."""
+class _Group(NamedTuple):
+    """One launch's fixed part: the Triton dtypes of param, grad and state, and the layout table it reads."""
 
     dtypes: tuple[str, ...]
-    meta: Any
+    indices: list[int] | None  # which of the step's tensors (None: all)
+    layout: Any
     n_tensors: int
     total_blocks: int
     rows: int
     block: int
     warps: int
-    aligned: bool
     numel_multiple: int
+    fixed_aligned: bool
+
+
+def _group(dtypes: tuple[str, ...], indices: list[int] | None, numels: list[int], fixed: list[list[int]],
+           device: Any) -> _Group:
+    """The layout of one launch (see the module docstring), on `device`."""
+    if indices is not None:
+        numels = [numels[i] for i in indices]
+        fixed = [[row[i] for i in indices] for row in fixed]
+    sizes = torch.tensor(numels, dtype=torch.int64)
+    large = int(sizes.sum()) >= LARGE_TENSOR * len(numels)
+    block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
+    if interpreting():
+        block = min(SMALL_BLOCK, _next_power_of_2(max(numels)))
+    chunks = (sizes + block - 1) // block
+    total_blocks = int(chunks.sum())
+    tensor_of_chunk = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+    index_in_tensor = torch.arange(total_blocks) - (torch.cumsum(chunks, 0) - chunks)[tensor_of_chunk]
+    rows = min(_next_power_of_2(total_blocks), max(1, INTERPRETER_TILE // block)) if interpreting() else 1
+    full = (index_in_tensor + 1) * block <= sizes[tensor_of_chunk]
+    full = torch.cat([full, full.new_zeros(-total_blocks % rows)]).reshape(-1, rows).all(1)
+    layout = torch.cat([sizes, tensor_of_chunk, index_in_tensor, full.long()])
+    if device.type != "cpu":
+        layout = layout.to(device, non_blocking=True)
+    common = math.gcd(*numels)
+    numel_multiple = math.gcd(common & -common, 16) if common else 16  # the largest power of two ≤ 16 dividing all
+    fixed_aligned = all(address % 16 == 0 for row in fixed for address in row)
+    return _Group(dtypes, indices, layout, len(numels), total_blocks, rows, block, warps, numel_multiple,
+                  fixed_aligned)
+
+
+class _Plan:
+    """The launches of one set of params and state; the address tables follow the gradients' addresses."""
+
+    def __init__(self, numels: list[int], fixed: list[list[int]], grad_dtypes: set[Any],
+                 groups: list[_Group]) -> None:
+        self.numels, self.fixed, self.grad_dtypes, self.groups = numels, fixed, grad_dtypes, groups
+        self._grad_addresses: list[int] | None = None
+        self._launches: list[tuple[_Group, Any, bool]] = []
+
+    def launches(self, grad_addresses: list[int], device: Any) -> list[tuple[_Group, Any, bool]]:
+        """(group, its address table on `device`, whether every address is 16-byte aligned), per group."""
+        if grad_addresses != self._grad_addresses:
+            self._launches = []
+            for group in self.groups:
+                rows = [self.fixed[0], grad_addresses, *self.fixed[1:]]
+                if group.indices is not None:
+                    rows = [[row[i] for i in group.indices] for row in rows]
+                addresses = torch.tensor(rows, dtype=torch.int64)
+                aligned = group.fixed_aligned and bool((addresses[1] % 16 == 0).all())
+                if device.type != "cpu":
+                    addresses = addresses.to(device, non_blocking=True)
+                self._launches.append((group, addresses, aligned))
+            self._grad_addresses = grad_addresses
+        return self._launches
 
 
 class TritonBackend:
@@ -261,7 +317,7 @@ class TritonBackend:
     def __init__(self) -> None:
         self._kernels: dict[tuple, Any] = {}
         self._updates: dict[tuple, Any] = {}
-        self._plans: dict[tuple, tuple[list[list[int]], list[_Launch]]] = {}
+        self._plans: dict[tuple, _Plan] = {}
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
@@ -310,40 +366,41 @@ class TritonBackend:
         # The per-tensor host work, kept to a few C calls per tensor: 10,000 small tensors must stay cheap.
         grads = [grad if grad.is_contiguous() else grad.contiguous() for grad in grads]
         columns = list(zip(*states, strict=True)) if active else []
-        rows = [[param.numel() for param in params], [param.data_ptr() for param in params],
-                [grad.data_ptr() for grad in grads], *([tensor.data_ptr() for tensor in column] for column in columns)]
+        numels = [param.numel() for param in params]
+        fixed = [[param.data_ptr() for param in params], *([tensor.data_ptr() for tensor in column]
+                                                          for column in columns)]
+        plan = self._plan(numels, fixed, active, params, grads, columns)
+        # Autograd and `.grad` assignment give a gradient its param's dtype, device and shape; sizes and dtypes
+        # are still checked on every step, since the gradients may be new tensors each time.
+        if [grad.numel() for grad in grads] != numels or {grad.dtype for grad in grads} != plan.grad_dtypes:
+            raise ValueError("every gradient must have its param's size and dtype")
         device = params[0].device
         named = {name: _coefficient(coefficients[name], device) for name in rule.coefficient_names}
         named["grad_scale"] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
         if named["grad_scale"][0] == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
+        kinds = {name: kind for name, (kind, _) in named.items()}
+        arguments = [value for kind, value in named.values() if kind != "none"]
         if found_inf is not None:
-            found_inf = found_inf.to(device, non_blocking=True)
-        for launch in self._plan(rows, active, params, grads, columns):
-            kinds = {name: kind for name, (kind, _) in named.items()}
-            arguments = [value for name, (kind, value) in named.items() if kind != "none"]
-            if found_inf is not None:
-                arguments.append(found_inf)
-            kernel = self._kernel(triton, rule, active, kinds, launch.dtypes, found_inf is not None,
-                                  launch.aligned, launch.numel_multiple)
+            arguments.append(found_inf.to(device, non_blocking=True))
+        for group, addresses, aligned in plan.launches([grad.data_ptr() for grad in grads], device):
+            kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
+                                  group.numel_multiple)
             with _on(device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
-                kernel[(-(-launch.total_blocks // launch.rows),)](
-                    launch.meta, launch.n_tensors, launch.total_blocks, *arguments, ROWS=launch.rows,
-                    BLOCK=launch.block, num_warps=launch.warps, enable_fp_fusion=True)
+                kernel[(-(-group.total_blocks // group.rows),)](
+                    group.layout, addresses, group.n_tensors, group.total_blocks, *arguments, ROWS=group.rows,
+                    BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
 
-    def _plan(self, rows: list[list[int]], active: tuple[str, ...], params: Sequence[Any], grads: Sequence[Any],
-              columns: Sequence[Sequence[Any]]) -> list[_Launch]:
-        """The launches for these tensors; rebuilt (and the tensors checked) only when an address or size changed.
-
-        A tensor's dtype and layout cannot change while its address and size stay the same unless it is
-        replaced by a different tensor that happens to land there; the plan is checked against every
-        address and size on every step.
-        """
-        key = (len(rows), len(rows[0]), rows[1][0], str(params[0].device), interpreting())
+    def _plan(self, numels: list[int], fixed: list[list[int]], active: tuple[str, ...], params: Sequence[Any],
+              grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
+        """The launches for these params and state: rebuilt, and the tensors checked, when an address or size
+        changed (a tensor's dtype and layout cannot change while its address and size stay the same, short of
+        another tensor landing exactly there)."""
+        key = (len(fixed), len(numels), fixed[0][0], str(params[0].device), interpreting())
         cached = self._plans.get(key)
-        if cached is not None and cached[0] == rows:
-            return cached[1]
+        if cached is not None and cached.numels == numels and cached.fixed == fixed:
+            return cached
         if len(columns) != len(active):
             raise ValueError(f"expected {len(active)} state tensors per param ({', '.join(active)})")
         groups: dict[tuple, list[int]] = {}
@@ -353,42 +410,14 @@ class TritonBackend:
                 raise ValueError(f"the triton backend needs every tensor on {device}")
             if not all(tensor.is_contiguous() for tensor in tensors):
                 raise ValueError("the triton backend needs contiguous params and state")
-            if any(tensor.numel() != rows[0][index] for tensor in tensors):
-                raise ValueError("a gradient or state tensor differs in size from its param")
             groups.setdefault(tuple(_tl_dtype(tensor.dtype) for tensor in tensors), []).append(index)
-        plan = [self._launch_for([[row[i] for i in indices] for row in rows], dtypes, device)
-                for dtypes, indices in groups.items()]
+        plan = _Plan(numels, fixed, {grad.dtype for grad in grads},
+                     [_group(dtypes, None if len(indices) == len(numels) else indices, numels, fixed, device)
+                      for dtypes, indices in groups.items()])
         if len(self._plans) > 64:
             self._plans.clear()
-        self._plans[key] = (rows, plan)
+        self._plans[key] = plan
         return plan
-
-    @staticmethod
-    def _launch_for(rows: list[list[int]], dtypes: tuple[str, ...], device: Any) -> _Launch:
-        """One launch's metadata tensor (see the module docstring), on `device`."""
-        numels = torch.tensor(rows[0], dtype=torch.int64)
-        large = int(numels.sum()) >= LARGE_TENSOR * len(numels)
-        block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
-        if interpreting():
-            block = min(SMALL_BLOCK, _next_power_of_2(max(rows[0])))
-        blocks = (numels + block - 1) // block
-        total_blocks = int(blocks.sum())
-        tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
-        first_block = torch.cumsum(blocks, 0) - blocks
-        index_in_tensor = torch.arange(total_blocks) - first_block[tensor_of_block]
-        addresses = torch.tensor(rows[1:], dtype=torch.int64)
-        aligned = bool(((addresses % 16) == 0).all())
-        sizes = math.gcd(*rows[0])
-        numel_multiple = math.gcd(sizes & -sizes, 16) if sizes else 16  # the largest power of two ≤ 16 dividing all
-        tile_rows = 1
-        if interpreting():
-            tile_rows = min(_next_power_of_2(total_blocks), max(1, INTERPRETER_TILE // block))
-        full = (index_in_tensor + 1) * block <= numels[tensor_of_block]
-        full = torch.cat([full, full.new_zeros(-total_blocks % tile_rows)]).reshape(-1, tile_rows).all(1)
-        meta = torch.cat([numels, addresses.flatten(), tensor_of_block, index_in_tensor, full.long()])
-        if device.type != "cpu":
-            meta = meta.to(device, non_blocking=True)
-        return _Launch(dtypes, meta, len(numels), total_blocks, tile_rows, block, warps, aligned, numel_multiple)
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                 dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
@@ -444,11 +473,11 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name))
         else:
             pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
-            fixed = {"meta": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
+            fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
             signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
-                       attrs={(0,): [["tt.divisibility", 16]]})
+                       attrs={(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options).asm["ptx"]
 
