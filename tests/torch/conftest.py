@@ -22,13 +22,16 @@ from optimlab.torch import backends
 TEST_BACKENDS = [
     "eager",
     "numba",
+    "triton",  # its GPU kernels, run on CPU tensors by Triton's interpreter (see `backend`)
     *filter(None, os.environ.get("OPTIMLAB_TEST_BACKENDS", "").split(",")),
 ]
 
 
 @pytest.fixture(params=TEST_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A registered backend name from `TEST_BACKENDS`."""
+    if request.param == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when a kernel is made or launched: this test only
     if request.param not in backends():
         pytest.skip(f"backend {request.param!r} is not registered here")
     reason = BACKENDS[request.param].supports(RULES["adam"], RULES["adam"].defaults(), [torch.zeros(1)], None)
