@@ -126,7 +126,7 @@ def _triton() -> Any:
 
 
 def _jit_all(triton: Any, functions: Sequence[Any]) -> dict[str, Any]:
-    """`functions`, compiled by `triton.jit` with `tl` bound, by name."""
+    """`functions` as device functions (see `_device_function`) with `tl` bound, by name."""
     namespace = {"tl": triton.language}
     return {function.__name__: _device_function(triton)(rebind(function, namespace)) for function in functions}
 
@@ -146,8 +146,7 @@ def _natives(triton: Any) -> dict[str, Any]:
 # --- the generated kernel ----------------------------------------------------------------------------------
 
 _SOURCES = itertools.count()  # numbers the generated sources: each gets its own `linecache` name
-_TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64",
-              "bool": "tl.int1"}
+_TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64"}
 
 
 def _tl_dtype(dtype: Any) -> str:
