@@ -4,10 +4,11 @@ Every contender of a case updates the same params from the same grads: ours as t
 front end makes per param group ("optimlab": the kernel plus the backend's per-step host work), ours through
 the drop-in `optimlab.torch` class (what a user gets, front-end bookkeeping included), and torch's
 forloop/foreach/fused implementations where they exist on CPU. Repetitions go round-robin (ours, forloop,
-foreach, fused, ours, …) so that a noisy neighbour or a frequency change hits every contender alike, and the median is
-reported. Throughput is counted in *useful* bytes — what an ideal fused kernel must read and write per step
-(param, grad and active state read; param and state written) — and compared with the in-place streaming
-bandwidth of this machine measured in the same run (`a.add_(b)` on buffers far larger than the caches).
+foreach, fused, ours, …, the starting contender rotating) so that a noisy neighbour or a frequency change
+hits every contender alike, and the median is reported. Throughput is counted in *useful* bytes — what an
+ideal fused kernel must read and write per step (param, grad and active state read; param and state
+written) — and compared with the in-place streaming bandwidth of this machine measured in the same run
+(`a.add_(b)` on buffers far larger than the caches).
 """
 
 from __future__ import annotations
@@ -132,15 +133,22 @@ def machine() -> dict[str, Any]:
 
 
 def _interleaved(contenders: dict[str, Callable[[], None]], repetitions: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each contender, repetitions taken round-robin."""
+    """Median seconds per call of each contender, repetitions taken round-robin.
+
+    The starting contender rotates each round, so each follows every other equally often: whoever runs
+    right after torch finds its OpenMP threads still spinning for a few milliseconds, and that cost should
+    not always fall on the same contender.
+    """
     for _ in range(warmup):
         for run in contenders.values():
             run()
+    names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repetitions):
-        for name, run in contenders.items():
+    for round_index in range(repetitions):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            run()
+            contenders[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
