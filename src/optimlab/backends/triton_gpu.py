@@ -189,11 +189,15 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     def tile(masked: bool) -> list[str]:
         """Load, update, store one tile (masked where a tile holds a tensor's tail or runs past the last chunk)."""
         mask = ", mask=mask" if masked else ""
-        lines = ["mask = (offsets < numel[:, None]) & live[:, None]"] if masked else []
+        # rows past the last chunk read numel 0, so they are masked out entirely
+        lines = ["mask = offsets < numel[:, None]"] if masked else []
         for slot, dtype in zip(slots, dtypes, strict=True):
-            load = f"tl.load({slot}_pointer[:, None] + offsets{mask})"
-            widened = f"widen_bfloat16({load})" if dtype == "tl.bfloat16" else f"{load}.to({compute})"
-            lines.append(f"{slot} = {widened}")
+            load = f"tl.load({slot}_elements{mask})"
+            if dtype == "tl.bfloat16":
+                load = f"widen_bfloat16({load})"
+            elif dtype != compute:
+                load = f"{load}.to({compute})"
+            lines.append(f"{slot} = {load}")
         if kinds["grad_scale"] != "none":
             lines.append("grad = grad / grad_scale")
         state_arguments = [name if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
@@ -203,10 +207,12 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
-                # float64 → bfloat16 goes through float32, as `Tensor.to` does
-                narrowed = f"{slot}.to(tl.float32)" if compute == "tl.float64" else slot
-                rounded = f"round_to_bfloat16({narrowed})" if dtype == "tl.bfloat16" else f"{slot}.to({dtype})"
-                lines.append(f"tl.store({slot}_pointer[:, None] + offsets, {rounded}{mask})")
+                if dtype == "tl.bfloat16":  # float64 → bfloat16 goes through float32, as `Tensor.to` does
+                    value = f"round_to_bfloat16({slot}.to(tl.float32))" if compute == "tl.float64" \
+                        else f"round_to_bfloat16({slot})"
+                else:
+                    value = f"{slot}.to({dtype})"
+                lines.append(f"tl.store({slot}_elements, {value}{mask})")
         return lines
 
     # A program updates a ROWS × BLOCK tile: ROWS chunks (of one tensor or several), BLOCK elements each.
@@ -228,6 +234,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, [1, BLOCK]), [1, BLOCK])")
         if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
             body.append(f"numel = tl.multiple_of(numel, [{numel_multiple}])")
+    for slot in slots:
+        body.append(f"{slot}_elements = {slot}_pointer[:, None] + offsets")
     # Tiles of full chunks take the unmasked path, which the compiler can vectorize best.
     body.append("if tl.load(blocks + 2 * total_blocks + tl.program_id(0)) != 0:  # every chunk of the tile full")
     body += ["    " + line for line in tile(masked=False)]
