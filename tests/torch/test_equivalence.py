@@ -121,12 +121,14 @@ CASES = [
 #: The cases that also run in float64 (every optimizer and variant; schedulers are dtype-blind).
 FLOAT64 = [param for param in CASES if param.values[5] is None]
 
-#: float32 cases where a backend other than eager may leave the tolerance, and why. PyTorch's vectorized
+#: float32 cases where a backend other than eager gets a wider tolerance, and why. PyTorch's vectorized
 #: float32 `sqrt` on CPU is not correctly rounded (~16% of inputs differ by an ulp from the float64 root
 #: rounded); eager calls that very `sqrt`, fused backends compute the correctly rounded root. RMSprop with a
 #: momentum OneCycleLR cycles is the case that amplifies it most (1/√s for small s): one element in 64 ends
-#: ~6% past the floor.
+#: ~6% past the 1e-6 floor, so these cases are held to 4x the float32 tolerance (still a failing test for
+#: any real error).
 FLOAT32_SQRT_SENSITIVE = {"RMSprop-OneCycleLR_momentum"}
+SQRT_SENSITIVE_FACTOR = 4
 
 
 def fresh(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -196,12 +198,12 @@ def assert_same(reference: torch.optim.Optimizer, optimizer: torch.optim.Optimiz
 @pytest.mark.parametrize(("ours", "kwargs", "torch_name", "torch_kwargs", "groups", "scheduler"), CASES)
 def test_float32_matches_torch_optim(request, mlp, batches, backend, ours, kwargs, torch_name, torch_kwargs,
                                      groups, scheduler):
+    rtol = RTOL[torch.float32]
     if backend != "eager" and request.node.callspec.id.split("-", 1)[1] in FLOAT32_SQRT_SENSITIVE:
-        request.applymarker(pytest.mark.xfail(reason="torch's float32 CPU sqrt is not correctly rounded; "
-                                              "this backend's is (see FLOAT32_SQRT_SENSITIVE)", strict=False))
+        rtol *= SQRT_SENSITIVE_FACTOR
     reference, optimizer, params, our_params = run_pair(mlp, batches, ours, kwargs, torch_name, torch_kwargs,
                                                         groups, scheduler, backend, torch.float32)
-    assert_same(reference, optimizer, params, our_params, RTOL[torch.float32])
+    assert_same(reference, optimizer, params, our_params, rtol)
 
 
 @pytest.mark.parametrize(("ours", "kwargs", "torch_name", "torch_kwargs", "groups", "scheduler"), FLOAT64)
