@@ -13,31 +13,11 @@ import tokenize
 import numpy as np
 import pytest
 import torch
+from tests.backends.kernel_cases import VARIANTS, assert_all_close, reference, setup
 
 from optimlab.backends import BACKENDS, numba_cpu
-from optimlab.rules import OPTIMIZERS, RULES
+from optimlab.rules import RULES
 
-#: Every rule and every structural variant (each distinct set of flags is its own compiled driver).
-VARIANTS = {
-    "sgd": ("sgd", {"lr": 0.1}),
-    "sgd-decay-maximize": ("sgd", {"lr": 0.1, "weight_decay": 0.1, "maximize": True}),
-    "momentum": ("momentum", {"lr": 0.05, "momentum": 0.9}),
-    "momentum-dampening-decay": ("momentum", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01}),
-    "nesterov-maximize": ("nesterov", {"lr": 0.05, "momentum": 0.9, "maximize": True}),
-    "adagrad": ("adagrad", {"lr": 0.1}),
-    "adagrad-decay-eps-root": ("adagrad", {"lr": 0.1, "lr_decay": 0.1, "eps_root": 1e-8, "weight_decay": 0.01,
-                                           "initial_accumulator_value": 0.1}),
-    "rmsprop": ("rmsprop", {"lr": 0.01}),
-    "rmsprop-centered": ("rmsprop", {"lr": 0.01, "alpha": 0.9, "centered": True}),
-    "rmsprop-momentum": ("rmsprop", {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01}),
-    "rmsprop-centered-momentum-maximize": ("rmsprop", {"lr": 0.01, "centered": True, "momentum": 0.5,
-                                                       "eps_root": 1e-8, "maximize": True}),
-    "adam": ("adam", {"lr": 0.01}),
-    "adam-amsgrad-decay": ("adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.01}),
-    "adam-maximize-eps-root": ("adam", {"lr": 0.01, "maximize": True, "eps": 0.0, "eps_root": 1e-8}),
-    "adamw": ("adamw", {"lr": 0.01}),
-    "adamw-amsgrad-maximize": ("adamw", {"lr": 0.01, "amsgrad": True, "maximize": True, "betas": (0.8, 0.99)}),
-}
 #: One configuration per rule, for the dtype tests (the first momentum step is a variant of its own too).
 PER_RULE = ["sgd", "momentum", "adagrad", "rmsprop-centered-momentum-maximize", "adam"]
 
@@ -48,30 +28,11 @@ BACKEND = numba_cpu.BACKEND
 
 
 def _setup(name, sizes=SIZES, dtype=torch.float32, state_dtype=None, seed=0):
-    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
-    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
-    generator = torch.Generator().manual_seed(seed)
-    params = [torch.randn(size + 1, generator=generator).to(dtype)[1:] for size in sizes]  # offset views
-    states = [[torch.full_like(param, rule.initial_state(state, hyper), dtype=state_dtype or dtype)
-               for state in rule.active_state(hyper)] for param in params]
-    return rule, hyper, params, states, generator
-
-
-def _reference(rule, hyper, params, grads, states, step, grad_scale=1.0, compute=torch.float32):
-    """`rule.step` on tensors in the compute dtype, on copies, rounded back to each tensor's dtype."""
-    active = rule.active_state(hyper)
-    new_params, new_states = [], []
-    for param, grad, state in zip(params, grads, states, strict=True):
-        new_param, new_state = rule.step(param.to(compute), grad.to(compute) / grad_scale,
-                                         {n: s.to(compute) for n, s in zip(active, state, strict=True)}, step, hyper)
-        new_params.append(new_param.to(param.dtype))
-        new_states.append([new_state[n].to(s.dtype) for n, s in zip(active, state, strict=True)])
-    return new_params, new_states
+    return setup(name, sizes, dtype, state_dtype, seed)
 
 
 def _assert_close(actual, expected, **tolerance):
-    for got, want in zip(actual, expected, strict=True):
-        torch.testing.assert_close(got, want, equal_nan=True, **tolerance)
+    assert_all_close(actual, expected, equal_nan=True, **tolerance)
 
 
 def _run_and_compare(name, steps=(1, 2, 3), dtype=torch.float32, state_dtype=None, tolerance=None, **setup):
@@ -82,7 +43,7 @@ def _run_and_compare(name, steps=(1, 2, 3), dtype=torch.float32, state_dtype=Non
     tolerance = tolerance or {"rtol": 1e-5, "atol": 1e-5}
     for step in steps:
         grads = [torch.randn(param.shape, generator=generator).to(dtype) for param in params]  # new addresses
-        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step, compute=compute)
+        expected_params, expected_states = reference(rule, hyper, params, grads, states, step, compute=compute)
         addresses = [tensor.data_ptr() for tensor in params + [t for state in states for t in state]]
         BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
         assert [tensor.data_ptr() for tensor in params + [t for state in states for t in state]] == addresses
@@ -123,7 +84,7 @@ def test_bfloat16_state_for_float32_params(name):
 def test_bfloat16_state_halves_the_state_memory_and_rounds_to_nearest_even():
     rule, hyper, params, states, generator = _setup("adam", sizes=(5, 1100), state_dtype=torch.bfloat16)
     grads = [torch.randn(param.shape, generator=generator) for param in params]
-    expected_params, expected_states = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, expected_states = reference(rule, hyper, params, grads, states, 1)
     BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
     _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
     for state, expected in zip(states, expected_states, strict=True):
@@ -171,7 +132,7 @@ def test_nonfinite_gradients_behave_as_in_eager(name):
         grads[0][:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
         grads[1][::97] = float("inf")
         grads[1][5::101] = float("nan")
-        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        expected_params, expected_states = reference(rule, hyper, params, grads, states, step)
         BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
         for got, want in zip(params + sum(states, []), expected_params + sum(expected_states, []), strict=True):
             assert torch.equal(got.isnan(), want.isnan())
@@ -184,7 +145,7 @@ def test_zero_over_zero_is_nan_not_an_error():
     rule, hyper, params, states, _ = _setup("adagrad", sizes=(4, 3000))
     hyper = {**hyper, "eps": 0.0}
     grads = [torch.zeros_like(param) for param in params]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1)
     BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
     assert all(bool(param.isnan().all()) for param in params if param.numel())
     _assert_close(params, expected_params)
@@ -195,7 +156,7 @@ def test_grad_scale_divides_the_gradients_and_leaves_them_alone(as_tensor):
     rule, hyper, params, states, generator = _setup("adam")
     grads = [torch.randn(param.shape, generator=generator) * 1024 for param in params]
     originals = [grad.clone() for grad in grads]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1, grad_scale=1024.0)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1, grad_scale=1024.0)
     scale = torch.tensor(1024.0) if as_tensor else 1024.0
     BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states, grad_scale=scale)
     _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
@@ -208,7 +169,7 @@ def test_tensor_coefficients_and_new_values_reuse_the_compiled_driver():
     for step, lr in enumerate((0.1, 0.05, 0.02), start=1):
         tensor_hyper = {**hyper, "lr": torch.tensor(lr)}
         grads = [torch.randn(param.shape, generator=generator) for param in params]
-        expected_params, _ = _reference(rule, {**hyper, "lr": lr}, params, grads, states, step)
+        expected_params, _ = reference(rule, {**hyper, "lr": lr}, params, grads, states, step)
         BACKEND.step(rule, tensor_hyper, rule.coefficients(step, **tensor_hyper), params, grads, states)
         _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
         compiled = compiled or set(numba_cpu._DRIVERS)
@@ -220,7 +181,7 @@ def test_mixed_dtypes_in_one_group_and_a_non_contiguous_grad():
     params[1] = params[1].to(torch.float64)
     grads = [torch.randn(param.shape, generator=generator).to(param.dtype) for param in params]
     grads[2] = torch.randn(8, 2, generator=generator)[:, 0]  # a strided gradient
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1, compute=torch.float64)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1, compute=torch.float64)
     BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
     _assert_close(params, expected_params, rtol=1e-6, atol=1e-7)
 
@@ -234,7 +195,7 @@ def test_new_state_tensors_and_replaced_param_data_are_picked_up():
         if step == 3:
             params[0].data = params[0].data.clone()
         grads = [torch.randn(param.shape, generator=generator) for param in params]
-        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        expected_params, expected_states = reference(rule, hyper, params, grads, states, step)
         BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
         _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
         _assert_close(sum(states, []), sum(expected_states, []), rtol=1e-5, atol=1e-6)

@@ -7,34 +7,13 @@ The last tests compile kernels for sm_90 without a GPU (`triton_gpu.ptx`): what 
 
 import pytest
 import torch
+from tests.backends.kernel_cases import VARIANTS, assert_all_close, configure, reference, setup
 
 from optimlab.backends import BACKENDS
 from optimlab.rules import OPTIMIZERS
 
 triton_gpu = pytest.importorskip("optimlab.backends.triton_gpu")
 pytest.importorskip("triton")
-
-#: Every rule and every variant its kernel branches on.
-VARIANTS = {
-    "sgd": ("sgd", {"lr": 0.1}),
-    "sgd-decay-maximize": ("sgd", {"lr": 0.1, "weight_decay": 0.1, "maximize": True}),
-    "momentum": ("momentum", {"lr": 0.05, "momentum": 0.9}),
-    "momentum-dampening-decay": ("momentum", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01}),
-    "nesterov-maximize": ("nesterov", {"lr": 0.05, "momentum": 0.9, "maximize": True}),
-    "adagrad": ("adagrad", {"lr": 0.1}),
-    "adagrad-decay-eps-root": ("adagrad", {"lr": 0.1, "lr_decay": 0.1, "eps_root": 1e-8, "weight_decay": 0.01,
-                                           "initial_accumulator_value": 0.1}),
-    "rmsprop": ("rmsprop", {"lr": 0.01}),
-    "rmsprop-centered": ("rmsprop", {"lr": 0.01, "alpha": 0.9, "centered": True}),
-    "rmsprop-momentum": ("rmsprop", {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.01}),
-    "rmsprop-centered-momentum-maximize": ("rmsprop", {"lr": 0.01, "centered": True, "momentum": 0.5,
-                                                       "eps_root": 1e-8, "maximize": True}),
-    "adam": ("adam", {"lr": 0.01}),
-    "adam-amsgrad-decay": ("adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.01}),
-    "adam-maximize-eps-root": ("adam", {"lr": 0.01, "maximize": True, "eps": 0.0, "eps_root": 1e-8}),
-    "adamw": ("adamw", {"lr": 0.01}),
-    "adamw-amsgrad-maximize": ("adamw", {"lr": 0.01, "amsgrad": True, "maximize": True, "betas": (0.8, 0.99)}),
-}
 
 #: An empty tensor, tails shorter than a block, several blocks, and an unaligned (offset) view.
 SIZES = (3, 0, 1, 1030, 2500)
@@ -46,31 +25,8 @@ def interpret(monkeypatch):
 
 
 def _setup(name, sizes=SIZES, dtype=torch.float32, state_dtype=None, seed=0):
-    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
-    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
-    generator = torch.Generator().manual_seed(seed)
-    params = [torch.randn(size + 1, generator=generator).to(dtype)[1:] for size in sizes]  # offset views
-    states = [[torch.full_like(param, rule.initial_state(state, hyper), dtype=state_dtype or dtype)
-               for state in rule.active_state(hyper)] for param in params]
-    return rule, hyper, params, states, generator
+    return setup(name, sizes, dtype, state_dtype, seed)
 
-
-def _reference(rule, hyper, params, grads, states, step, grad_scale=1.0):
-    """`rule.step` on copies in float32 (float64 for float64 params), rounded back to each tensor's dtype."""
-    active = rule.active_state(hyper)
-    new_params, new_states = [], []
-    for param, grad, state in zip(params, grads, states, strict=True):
-        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-        new_param, new_state = rule.step(param.to(compute), grad.to(compute) / grad_scale,
-                                         {n: s.to(compute) for n, s in zip(active, state, strict=True)}, step, hyper)
-        new_params.append(new_param.to(param.dtype))
-        new_states.append([new_state[n].to(s.dtype) for n, s in zip(active, state, strict=True)])
-    return new_params, new_states
-
-
-def _assert_close(actual, expected, **tolerance):
-    for got, want in zip(actual, expected, strict=True):
-        torch.testing.assert_close(got, want, **tolerance)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -80,11 +36,11 @@ def test_matches_the_rule_over_three_steps(name):
     expected_states = [[tensor.clone() for tensor in state] for state in states]
     for step in (1, 2, 3):
         grads = [torch.randn(param.shape, generator=generator) for param in params]  # new addresses each step
-        expected_params, expected_states = _reference(rule, hyper, expected_params, grads, expected_states, step)
+        expected_params, expected_states = reference(rule, hyper, expected_params, grads, expected_states, step)
         triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
-        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
         for state, expected in zip(states, expected_states, strict=True):
-            _assert_close(state, expected, rtol=1e-5, atol=1e-6)
+            assert_all_close(state, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -92,12 +48,12 @@ def test_matches_the_rule_over_three_steps(name):
 def test_half_precision_params_computed_in_float32(name, dtype):
     rule, hyper, params, states, generator = _setup(name, sizes=(7, 1500), dtype=dtype)
     grads = [torch.randn(param.shape, generator=generator).to(dtype) for param in params]
-    expected_params, expected_states = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, expected_states = reference(rule, hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
     assert all(param.dtype == dtype for param in params)
-    _assert_close(params, expected_params)  # within one rounding of the float32 result
+    assert_all_close(params, expected_params)  # within one rounding of the float32 result
     for state, expected in zip(states, expected_states, strict=True):
-        _assert_close(state, expected)
+        assert_all_close(state, expected)
 
 
 @pytest.mark.parametrize("name", ["adam-amsgrad-decay", "rmsprop-centered-momentum-maximize", "nesterov-maximize",
@@ -106,23 +62,23 @@ def test_float64_params_compute_in_float64(name):
     rule, hyper, params, states, generator = _setup(name, dtype=torch.float64)
     for step in (1, 2):
         grads = [torch.randn(param.shape, generator=generator, dtype=torch.float64) for param in params]
-        expected_params, expected_states = _reference(rule, hyper, params, grads, states, step)
+        expected_params, expected_states = reference(rule, hyper, params, grads, states, step)
         triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states,
                                 grad_scale=1.0)
-        _assert_close(params, expected_params, rtol=1e-13, atol=1e-15)
+        assert_all_close(params, expected_params, rtol=1e-13, atol=1e-15)
         for state, expected in zip(states, expected_states, strict=True):
-            _assert_close(state, expected, rtol=1e-13, atol=1e-15)
+            assert_all_close(state, expected, rtol=1e-13, atol=1e-15)
 
 
 def test_bfloat16_state_for_float32_params_rounds_to_nearest_even():
     rule, hyper, params, states, generator = _setup("adam", sizes=(5, 1100), state_dtype=torch.bfloat16)
     grads = [torch.randn(param.shape, generator=generator) for param in params]
-    expected_params, expected_states = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, expected_states = reference(rule, hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
-    _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+    assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
     for state, expected in zip(states, expected_states, strict=True):
         assert all(tensor.dtype == torch.bfloat16 for tensor in state)
-        _assert_close(state, expected, rtol=0, atol=0)  # the same float32 values, rounded the same way
+        assert_all_close(state, expected, rtol=0, atol=0)  # the same float32 values, rounded the same way
 
 
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
@@ -130,11 +86,11 @@ def test_grad_scale_divides_the_gradients_and_leaves_them_alone(as_tensor):
     rule, hyper, params, states, generator = _setup("adam")
     grads = [torch.randn(param.shape, generator=generator) * 1024 for param in params]
     originals = [grad.clone() for grad in grads]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1, grad_scale=1024.0)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1, grad_scale=1024.0)
     scale = torch.tensor(1024.0) if as_tensor else 1024.0
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states, grad_scale=scale)
-    _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
-    _assert_close(grads, originals, rtol=0, atol=0)
+    assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
+    assert_all_close(grads, originals, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("found", [0.0, 1.0])
@@ -142,10 +98,10 @@ def test_found_inf_skips_the_update_on_the_device(found):
     rule, hyper, params, states, generator = _setup("adam")
     grads = [torch.randn(param.shape, generator=generator) for param in params]
     before = [param.clone() for param in params]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states,
                             found_inf=torch.tensor(found))
-    _assert_close(params, before if found else expected_params, rtol=1e-5, atol=1e-6)
+    assert_all_close(params, before if found else expected_params, rtol=1e-5, atol=1e-6)
     assert all(bool((tensor == 0).all()) for state in states for tensor in state) == bool(found)
 
 
@@ -156,9 +112,9 @@ def test_tensor_lr_and_new_lr_values_reuse_the_compiled_kernel():
     for step, lr in enumerate((0.1, 0.05, 0.02), start=1):
         tensor_hyper = {**hyper, "lr": torch.tensor(lr)}
         grads = [torch.randn(param.shape, generator=generator) for param in params]
-        expected_params, expected_states = _reference(rule, {**hyper, "lr": lr}, params, grads, states, step)
+        expected_params, expected_states = reference(rule, {**hyper, "lr": lr}, params, grads, states, step)
         backend.step(rule, tensor_hyper, rule.coefficients(step, **tensor_hyper), params, grads, states)
-        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
         compiled = compiled or dict(backend._kernels)
         assert backend._kernels == compiled  # the lr value is loaded in the kernel, not compiled in
 
@@ -170,10 +126,10 @@ def test_a_tensor_step_count_is_read_on_the_device(name):
     expected_params, expected_states = [param.clone() for param in params], [list(state) for state in states]
     for step in (1, 2):
         grads = [torch.randn(param.shape, generator=generator) for param in params]
-        expected_params, expected_states = _reference(rule, hyper, expected_params, grads, expected_states, step)
+        expected_params, expected_states = reference(rule, hyper, expected_params, grads, expected_states, step)
         coefficients = rule.coefficients(torch.tensor(float(step)), **hyper)
         triton_gpu.BACKEND.step(rule, hyper, coefficients, params, grads, states)
-        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
 
 
 def test_float64_params_with_a_float32_tensor_lr_do_its_scalar_arithmetic_in_float32():
@@ -181,26 +137,26 @@ def test_float64_params_with_a_float32_tensor_lr_do_its_scalar_arithmetic_in_flo
     rule, hyper, params, states, generator = _setup("adamw", sizes=(5, 70), dtype=torch.float64)
     tensor_hyper = {**hyper, "lr": torch.tensor(0.01), "weight_decay": 0.1}
     grads = [torch.randn(param.shape, generator=generator, dtype=torch.float64) for param in params]
-    expected_params, _ = _reference(rule, tensor_hyper, params, grads, states, 1)
+    expected_params, _ = reference(rule, tensor_hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, tensor_hyper, rule.coefficients(1, **tensor_hyper), params, grads, states)
-    _assert_close(params, expected_params, rtol=1e-13, atol=1e-15)
+    assert_all_close(params, expected_params, rtol=1e-13, atol=1e-15)
 
 
 def test_large_tensors_take_the_large_block():
     rule, hyper, params, states, generator = _setup("adam", sizes=(triton_gpu.LARGE_TENSOR + 5,))
     grads = [torch.randn(param.shape, generator=generator) for param in params]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
-    _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+    assert_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_dtypes_in_one_group():
     rule, hyper, params, states, generator = _setup("sgd", sizes=(4, 6))
     params[1] = params[1].to(torch.bfloat16)
     grads = [torch.randn(param.shape, generator=generator).to(param.dtype) for param in params]
-    expected_params, _ = _reference(rule, hyper, params, grads, states, 1)
+    expected_params, _ = reference(rule, hyper, params, grads, states, 1)
     triton_gpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
-    _assert_close(params, expected_params)
+    assert_all_close(params, expected_params)
 
 
 def test_a_gradient_of_the_wrong_size_is_refused_before_any_launch():
@@ -210,7 +166,7 @@ def test_a_gradient_of_the_wrong_size_is_refused_before_any_launch():
     before = [param.clone() for param in params]
     with pytest.raises(ValueError, match="size and dtype"):
         backend.step(rule, hyper, rule.coefficients(2, **hyper), params, [torch.ones(4), torch.ones(5)], states)
-    _assert_close(params, before, rtol=0, atol=0)
+    assert_all_close(params, before, rtol=0, atol=0)
 
 
 def test_kernels_run_the_rules_own_code():
@@ -265,8 +221,7 @@ def _nvidia_backend_present():
                                   "rmsprop-centered-momentum-maximize", "adamw-amsgrad-maximize"])
 def test_compiles_for_a_gpu_with_vectorized_access(name):
     """What the interpreter cannot check: Triton's compiler accepts the rule, and full chunks use 128-bit loads."""
-    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
-    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
+    rule, hyper = configure(name)
     code = triton_gpu.ptx(rule, hyper, state_dtype="bfloat16")
     assert "ld.global.v4.b32" in code
     assert "sqrt.approx" not in code
@@ -276,8 +231,7 @@ def test_compiles_for_a_gpu_with_vectorized_access(name):
 @pytest.mark.parametrize("name", ["momentum", "adam-amsgrad-decay"])
 def test_tensor_coefficients_compile_for_a_gpu(name):
     """With a tensor step, `if first_step:` is a branch taken on the device: Triton must accept it."""
-    rule, overrides = OPTIMIZERS[VARIANTS[name][0]]
-    hyper = rule.defaults(**{**overrides, **VARIANTS[name][1]})
+    rule, hyper = configure(name)
     assert "ld.global.v4.b32" in triton_gpu.ptx(rule, hyper, step=torch.tensor(2.0))
 
 
