@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from optimlab import bench
 from optimlab.bench import cuda
 
 
 def test_each_repetition_runs_every_contender_once_starting_elsewhere():
-    assert cuda.rotations(["optimlab", "foreach", "fused"], 4) == [
+    assert bench.rotations(["optimlab", "foreach", "fused"], 4) == [
         ["optimlab", "foreach", "fused"], ["foreach", "fused", "optimlab"],
         ["fused", "optimlab", "foreach"], ["optimlab", "foreach", "fused"]]
 
@@ -15,8 +16,8 @@ def test_each_repetition_runs_every_contender_once_starting_elsewhere():
 def test_torch_variants_are_probed_on_the_params_device():
     """Where torch has no implementation on that device (fused RMSprop), the contender is left out."""
     params = [torch.zeros(3, requires_grad=True)]
-    assert cuda.torch_optimizer(cuda.CASES["rmsprop"], params, "fused") is None
-    assert isinstance(cuda.torch_optimizer(cuda.CASES["adam"], params, "foreach"), torch.optim.Adam)
+    assert bench.torch_optimizer(bench.CASES["rmsprop"], params, "fused") is None
+    assert isinstance(bench.torch_optimizer(bench.CASES["adam"], params, "foreach"), torch.optim.Adam)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

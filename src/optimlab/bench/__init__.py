@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..backends import BACKENDS
 from ..rules import lookup
 
 
@@ -132,47 +133,87 @@ def machine() -> dict[str, Any]:
             "numba_threads": numba.get_num_threads(), "torch": torch.__version__, "numba": numba.__version__}
 
 
-def _interleaved(contenders: dict[str, Callable[[], None]], repetitions: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each contender, repetitions taken round-robin.
+def rotations(contenders: Sequence[str], repetitions: int) -> list[list[str]]:
+    """The order of each repetition: every contender once, the first one rotating from repetition to repetition.
 
-    The starting contender rotates each round, so each follows every other equally often: whoever runs
-    right after torch finds its OpenMP threads still spinning for a few milliseconds, and that cost should
-    not always fall on the same contender.
+    Each contender follows every other equally often: whoever runs right after torch finds its OpenMP
+    threads still spinning for a few milliseconds, and that cost should not always fall on the same one.
+    """
+    count = len(contenders)
+    return [[contenders[(repetition + offset) % count] for offset in range(count)]
+            for repetition in range(repetitions)]
+
+
+def wall_seconds(run: Callable[[], Any]) -> float:
+    """Seconds one call of `run` takes, by the host's clock."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repetitions: int, warmup: int,
+                seconds_per_call: Callable[[Callable[[], Any]], float] = wall_seconds,
+                settle: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per call of each contender, repetitions taken round-robin (`rotations`).
+
+    `seconds_per_call` times one contender (the host's clock here; CUDA events on a GPU), `settle` runs after
+    the warm-up (a device synchronization on a GPU).
     """
     for _ in range(warmup):
         for run in contenders.values():
             run()
-    names = list(contenders)
+    settle()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for round_index in range(repetitions):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
+    for order in rotations(list(contenders), repetitions):
+        for name in order:
+            times[name].append(seconds_per_call(contenders[name]))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def roofline(numel: int, repetitions: int = 7) -> float:
     """In-place streaming bandwidth in GB/s: `a.add_(b)` reads two buffers and writes one."""
     a, b = torch.ones(numel), torch.ones(numel)
-    seconds = _interleaved({"add_": lambda: a.add_(b)}, repetitions, warmup=2)["add_"]
+    seconds = interleaved({"add_": lambda: a.add_(b)}, repetitions, warmup=2)["add_"]
     return 3 * a.element_size() * numel / seconds / 1e9
 
 
+@dataclass(frozen=True)
+class Platform:
+    """Where a benchmark runs and how it is timed: the CPU (`cpu_platform`) or a GPU (`bench.cuda`).
+
+    `backend` is the optimlab backend raced against torch, `roofline()` the memory bandwidth in GB/s measured
+    in the same run, `interleave` an `interleaved` with the platform's clock, `release` frees cached memory
+    between cases.
+    """
+
+    device: str
+    backend: str
+    machine: dict[str, Any]
+    roofline: Callable[[], float]
+    interleave: Callable[[dict[str, Callable[[], Any]], int, int], dict[str, float]] = interleaved
+    release: Callable[[], None] = lambda: None
+
+
+def cpu_platform(quick: bool = False) -> Platform:
+    """The numba backend on this machine's CPU, timed by the host's clock."""
+    buffer = (1 << 22) if quick else (1 << 26)  # 16 MB or 256 MB per buffer: beyond any cache
+    return Platform(device="cpu", backend="numba", machine=machine(), roofline=lambda: roofline(buffer))
+
+
 class OursRunner:
-    """One optimlab optimizer on the numba backend: what the PyTorch front end calls, per param group."""
+    """One optimlab optimizer on a backend: what the PyTorch front end calls, per param group."""
 
-    def __init__(self, case: Case, params: Sequence[torch.Tensor]) -> None:
-        from ..backends import numba_cpu
+    def __init__(self, case: Case, params: Sequence[torch.Tensor], backend: str = "numba") -> None:
+        from ..torch.optimizer import load_optional_backends
 
+        load_optional_backends()
         self.rule, defaults = lookup(case.optimizer)
         self.hyperparameters = self.rule.defaults(**{**defaults, **case.overrides})
         self.params = list(params)
         self.states = [[torch.full_like(param, self.rule.initial_state(name, self.hyperparameters),
                                         dtype=case.state_dtype or param.dtype)
                         for name in self.rule.active_state(self.hyperparameters)] for param in self.params]
-        self.backend = numba_cpu.BACKEND
+        self.backend = BACKENDS[backend]
         self.count = 0
 
     def state_bytes(self) -> int:
@@ -185,12 +226,12 @@ class OursRunner:
         self.backend.step(self.rule, self.hyperparameters, coefficients, self.params, grads, self.states)
 
 
-def _torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
-    """torch.optim's implementation `variant`, or None where this optimizer has none on CPU."""
+def torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
+    """torch.optim's implementation `variant` on the params' device, or None where torch has none there."""
     flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
     cls = getattr(torch.optim, case.torch_class)
-    probe = torch.zeros(2, requires_grad=True)
-    probe.grad = torch.ones(2)
+    probe = torch.zeros(2, device=params[0].device, requires_grad=True)
+    probe.grad = torch.ones_like(probe)
     try:
         cls([probe], **case.torch_kwargs, **flags).step()
     except (TypeError, RuntimeError, ValueError):
@@ -198,15 +239,16 @@ def _torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -
     return cls(params, **case.torch_kwargs, **flags)
 
 
-def _front_end_optimizer(case: Case, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """The drop-in `optimlab.torch` class on the numba backend."""
+def front_end_optimizer(case: Case, params: Sequence[torch.Tensor], backend: str) -> torch.optim.Optimizer:
+    """The drop-in `optimlab.torch` class on `backend`."""
     import optimlab.torch as optimlab_torch
 
-    return getattr(optimlab_torch, case.torch_class)(params, **case.torch_kwargs, backend="numba",
+    return getattr(optimlab_torch, case.torch_class)(params, **case.torch_kwargs, backend=backend,
                                                       state_dtype=case.state_dtype)
 
 
-def _torch_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of a torch optimizer's per-element state (its `step` counters left out)."""
     return sum(value.numel() * value.element_size() for state in optimizer.state.values()
                for key, value in state.items() if torch.is_tensor(value) and key != "step")
 
@@ -221,49 +263,51 @@ def bytes_per_step(case: Case, workload: Workload) -> int:
 
 def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
         quick: bool = False, variants: Sequence[str] = TORCH_VARIANTS,
-        progress: Callable[[str], None] = lambda message: None) -> Report:
-    """Benchmark each case on each workload; see the module docstring for the method."""
+        progress: Callable[[str], None] = lambda message: None, platform: Platform | None = None) -> Report:
+    """Benchmark each case on each workload on `platform` (default: the CPU); see the module docstring."""
+    platform = platform or cpu_platform(quick)
     available = workloads(quick)
-    buffer = (1 << 22) if quick else (1 << 26)  # 16 MB or 256 MB per buffer: beyond any cache
-    report = Report(machine=machine(), roofline_gbps=roofline(buffer))
+    report = Report(machine=platform.machine, roofline_gbps=platform.roofline())
     for workload_name in workload_names:
         workload = available[workload_name]
-        generator = torch.Generator().manual_seed(0)
-        params = [torch.randn(shape, generator=generator).requires_grad_() for shape in workload.shapes]
+        generator = torch.Generator(device=platform.device).manual_seed(0)
+        params = [torch.randn(shape, generator=generator, device=platform.device).requires_grad_()
+                  for shape in workload.shapes]
         for param in params:
-            param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+            param.grad = torch.randn(param.shape, generator=generator, device=platform.device) * 1e-2
         for case_name in case_names:
             case = CASES[case_name]
             progress(f"{workload_name} / {case_name}")
-            ours = OursRunner(case, params)
-            front_end = _front_end_optimizer(case, params)
+            ours = OursRunner(case, params, platform.backend)
+            front_end = front_end_optimizer(case, params, platform.backend)
             contenders: dict[str, Callable[[], Any]] = {"optimlab": ours.step, "optimlab.torch": front_end.step}
             torch_optimizers = {}
             for variant in variants:
-                optimizer = _torch_optimizer(case, params, variant)
+                optimizer = torch_optimizer(case, params, variant)
                 if optimizer is not None:
                     torch_optimizers[variant] = optimizer
                     contenders[variant] = optimizer.step
             with torch.no_grad():
-                medians = _interleaved(contenders, repetitions, warmup)
+                medians = platform.interleave(contenders, repetitions, warmup)
             result = Result(workload=workload_name, case=case_name, tensors=len(params), numel=workload.numel,
                             bytes_per_step=bytes_per_step(case, workload),
                             state_bytes={"optimlab": ours.state_bytes(),
-                                         **{name: _torch_state_bytes(opt) for name, opt in torch_optimizers.items()}},
+                                         **{name: state_bytes(opt) for name, opt in torch_optimizers.items()}},
                             median_ms={name: seconds * 1e3 for name, seconds in medians.items()})
             torch_times = {name: ms for name, ms in result.median_ms.items() if name in TORCH_VARIANTS}
             if torch_times:
                 result.best_torch = min(torch_times, key=torch_times.get)
                 result.speedup = torch_times[result.best_torch] / result.median_ms["optimlab"]
             result.gbps = result.bytes_per_step / (result.median_ms["optimlab"] / 1e3) / 1e9
-            result.roofline_fraction = result.gbps / report.roofline_gbps
             report.results.append(result)
             del ours, front_end, contenders, torch_optimizers
             gc.collect()
+            platform.release()
         del params
         gc.collect()
+        platform.release()
     # measured again at the end: the roofline is the better of the two, like the medians a fair best case
-    report.roofline_gbps = max(report.roofline_gbps, roofline(buffer))
+    report.roofline_gbps = max(report.roofline_gbps, platform.roofline())
     for result in report.results:
         result.roofline_fraction = result.gbps / report.roofline_gbps
     return report

@@ -19,14 +19,13 @@ Targets (issue 9): ≥ 1.0× torch fused for Adam, AdamW, SGD, Adagrad; ≥ 2× 
 
 from __future__ import annotations
 
-import gc
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from . import CASES, TORCH_VARIANTS, Case, OursRunner, Report, Result, bytes_per_step, machine, workloads
+from .. import bench
+from . import TORCH_VARIANTS, Platform, Report, interleaved, machine
 
 #: The roofline's copy buffer: far beyond any cache (H100: 50 MB of L2).
 COPY_BYTES = 1 << 30
@@ -51,13 +50,6 @@ def require_cuda() -> None:
         raise CudaUnavailable("TRITON_INTERPRET=1 is set: unset it to time compiled kernels")
 
 
-def rotations(contenders: Sequence[str], repetitions: int) -> list[list[str]]:
-    """The order of each repetition: every contender once, the first one rotating from repetition to repetition."""
-    count = len(contenders)
-    return [[contenders[(repetition + offset) % count] for offset in range(count)]
-            for repetition in range(repetitions)]
-
-
 def _burst_seconds(run: Callable[[], Any], burst: int) -> float:
     """Seconds per call of `run`, over `burst` calls between two CUDA events."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -71,16 +63,9 @@ def _burst_seconds(run: Callable[[], Any], burst: int) -> float:
 
 def _interleaved(contenders: dict[str, Callable[[], Any]], repetitions: int, warmup: int,
                  burst: int) -> dict[str, float]:
-    """Median seconds per call of each contender; repetitions round-robin, the starting contender rotating."""
-    for _ in range(warmup):
-        for run in contenders.values():
-            run()
-    torch.cuda.synchronize()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for order in rotations(list(contenders), repetitions):
-        for name in order:
-            times[name].append(_burst_seconds(contenders[name], burst))
-    return {name: statistics.median(values) for name, values in times.items()}
+    """`optimlab.bench.interleaved` timed by CUDA events, each repetition a burst of `burst` calls."""
+    return interleaved(contenders, repetitions, warmup, lambda run: _burst_seconds(run, burst),
+                       settle=lambda: torch.cuda.synchronize())
 
 
 def roofline(repetitions: int = 7) -> float:
@@ -89,37 +74,6 @@ def roofline(repetitions: int = 7) -> float:
     target = torch.empty_like(source)
     seconds = _interleaved({"copy": lambda: target.copy_(source)}, repetitions, warmup=2, burst=5)["copy"]
     return 2 * COPY_BYTES / seconds / 1e9
-
-
-class TritonRunner(OursRunner):
-    """`OursRunner` on the triton backend: what the PyTorch front end calls per param group."""
-
-    def __init__(self, case: Case, params: Sequence[torch.Tensor]) -> None:
-        from ..backends import triton_gpu
-
-        super().__init__(case, params)
-        self.backend = triton_gpu.BACKEND
-
-
-def front_end_optimizer(case: Case, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """The drop-in `optimlab.torch` class on the triton backend."""
-    import optimlab.torch as optimlab_torch
-
-    return getattr(optimlab_torch, case.torch_class)(params, **case.torch_kwargs, backend="triton",
-                                                      state_dtype=case.state_dtype)
-
-
-def torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
-    """torch.optim's implementation `variant` on the params' device, or None where torch has none there."""
-    flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
-    cls = getattr(torch.optim, case.torch_class)
-    probe = torch.zeros(2, device=params[0].device, requires_grad=True)
-    probe.grad = torch.ones_like(probe)
-    try:
-        cls([probe], **case.torch_kwargs, **flags).step()
-    except (TypeError, RuntimeError, ValueError):
-        return None
-    return cls(params, **case.torch_kwargs, **flags)
 
 
 def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
@@ -132,58 +86,14 @@ def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: i
     require_cuda()
     import triton
 
-    available = workloads(quick)
-    info = {**machine(), "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
-            "triton": triton.__version__}
-    report = Report(machine=info, roofline_gbps=roofline())
-    for workload_name in workload_names:
-        workload = available[workload_name]
-        generator = torch.Generator(device=DEVICE).manual_seed(0)
-        params = [torch.randn(shape, generator=generator, device=DEVICE).requires_grad_()
-                  for shape in workload.shapes]
-        for param in params:
-            param.grad = torch.randn(param.shape, generator=generator, device=DEVICE) * 1e-2
-        for case_name in case_names:
-            case = CASES[case_name]
-            progress(f"{workload_name} / {case_name}")
-            ours = TritonRunner(case, params)
-            front_end = front_end_optimizer(case, params)
-            contenders: dict[str, Callable[[], Any]] = {"optimlab": ours.step, "optimlab.torch": front_end.step}
-            torch_optimizers = {}
-            for variant in variants:
-                optimizer = torch_optimizer(case, params, variant)
-                if optimizer is not None:
-                    torch_optimizers[variant] = optimizer
-                    contenders[variant] = optimizer.step
-            with torch.no_grad():
-                medians = _interleaved(contenders, repetitions, warmup, burst)
-            result = Result(workload=workload_name, case=case_name, tensors=len(params), numel=workload.numel,
-                            bytes_per_step=bytes_per_step(case, workload),
-                            state_bytes={"optimlab": ours.state_bytes(),
-                                         **{name: _state_bytes(opt) for name, opt in torch_optimizers.items()}},
-                            median_ms={name: seconds * 1e3 for name, seconds in medians.items()})
-            torch_times = {name: ms for name, ms in result.median_ms.items() if name in TORCH_VARIANTS}
-            if torch_times:
-                result.best_torch = min(torch_times, key=torch_times.get)
-                result.speedup = torch_times[result.best_torch] / result.median_ms["optimlab"]
-            result.gbps = result.bytes_per_step / (result.median_ms["optimlab"] / 1e3) / 1e9
-            report.results.append(result)
-            del ours, front_end, contenders, torch_optimizers
-            gc.collect()
-            torch.cuda.empty_cache()
-        del params
-        gc.collect()
-        torch.cuda.empty_cache()
-    report.roofline_gbps = max(report.roofline_gbps, roofline())
-    for result in report.results:
-        result.roofline_fraction = result.gbps / report.roofline_gbps
-    return report
+    platform = Platform(
+        device=DEVICE, backend="triton",
+        machine={**machine(), "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                 "triton": triton.__version__},
+        roofline=roofline,
+        interleave=lambda contenders, repetitions, warmup: _interleaved(contenders, repetitions, warmup, burst),
+        release=lambda: torch.cuda.empty_cache())
+    return bench.run(case_names, workload_names, repetitions, warmup, quick, variants, progress, platform)
 
 
-def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
-               for key, value in state.items() if torch.is_tensor(value) and key != "step")
-
-
-__all__ = ["COPY_BYTES", "CudaUnavailable", "TritonRunner", "front_end_optimizer", "require_cuda", "roofline",
-           "rotations", "run", "torch_optimizer"]
+__all__ = ["COPY_BYTES", "CudaUnavailable", "require_cuda", "roofline", "run"]

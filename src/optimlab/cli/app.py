@@ -7,7 +7,7 @@ Command modules import heavy libraries (torch, matplotlib, numba) inside the com
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +29,17 @@ def _group() -> None:
 
 console = Console()
 error_console = Console(stderr=True)
+
+
+def print_table(table: Any) -> None:
+    """Print a rich table without eliding digits: cells fold in a terminal; piped output gets the width it needs."""
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+    else:
+        natural = Console(width=10_000).measure(table).maximum
+        Console(width=max(console.width, natural)).print(table)
 
 
 def fail(message: str) -> NoReturn:

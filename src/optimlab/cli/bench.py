@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from .app import app, console, error_console, fail
+from .app import app, error_console, fail, print_table
 
 _WORKLOADS = ("gpt2", "many", "large")
 
@@ -96,4 +96,4 @@ def _print_table(benchmark, report) -> None:
         table.add_column(name, justify="left" if index < 2 else "right")
     for row in body:
         table.add_row(*row)
-    console.print(table)
+    print_table(table)

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from .app import app, console, fail
+from .app import app, fail, print_table
 
 # Hyperparameter options: CLI name -> (rule hyperparameter, help). Each is passed only when given.
 _OPTION_HELP = {
@@ -159,18 +159,13 @@ _HEADERS = {"g": "g_t", "m": "m_t", "v": "v_t", "m_hat": "m̂_t", "v_hat": "v̂_
 
 def _table(optimizer: str, formula: str, start: list[float], lr: float, hyperparameters: dict[str, Any],
            rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     settings = ", ".join(f"{key}={value}" for key, value in {"lr": lr, **hyperparameters}.items())
     equation = formula if "=" in formula else f"f = {formula}"
     table = Table(title=f"{optimizer} on {equation} from x₀ = {_format(_plain_start(start))} ({settings})")
     for key in rows[0]:
-        table.add_column(_HEADERS.get(key, key), justify="right", overflow="fold")
+        table.add_column(_HEADERS.get(key, key), justify="right")
     for row in rows:
         table.add_row(*(_format(value) for value in row.values()))
-    # Digits are the point of a trace: never elide them; piped output gets the width it needs.
-    if console.is_terminal:
-        console.print(table)
-    else:
-        Console(width=max(console.width, 16 * len(rows[0]))).print(table)
+    print_table(table)
