@@ -10,13 +10,17 @@ float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params,
 
 from __future__ import annotations
 
+import functools
 import importlib
+import itertools
 import math
+import operator
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
@@ -31,6 +35,15 @@ _loaded_optional = False
 #: Group keys optimlab adds to PyTorch's; a state dict without them (written by `torch.optim`) gets the
 #: optimizer's own settings.
 OPTIMLAB_KEYS = ("eps_root", "backend", "state_dtype", "skip_nonfinite")
+
+# Per-tensor reads done by C-level `map` instead of Python loops: on 10,000 tensors a Python loop costs
+# milliseconds per step, a `map` a few hundred microseconds.
+_grad_of = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
+_is_complex = torch.Tensor.is_complex
+_dtype_of = operator.attrgetter("dtype")
+_dtype_is_complex = operator.attrgetter("is_complex")
+_data_ptr = torch.Tensor.data_ptr
 
 
 def load_optional_backends() -> list[str]:
@@ -70,6 +83,7 @@ class Optimizer(torch.optim.Optimizer):
         load_optional_backends()
         self._step_supports_amp_scaling = True
         self.skipped_steps = 0
+        self._plans: dict[int, _Plan] = {}
         super().__init__(params, defaults)
 
     # --- what subclasses define ------------------------------------------------------------------------
@@ -121,26 +135,65 @@ class Optimizer(torch.optim.Optimizer):
             grad_scale = grad_scale.reshape(())
         # Everything that can fail (sparse gradients, the backend's choice) is checked before anything changes.
         work = []
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
+        for index, group in enumerate(self.param_groups):
+            params, grads, has_sparse = self._params_with_grad(group)
             if params:
                 rule, hyperparameters = self.rule_for(group)
-                real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
+                dtypes = tuple(map(_dtype_of, params))
+                real_params = params
+                if any(map(_dtype_is_complex, dtypes)):
+                    real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
                 backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
-                work.append((group, rule, hyperparameters, backend, params, grads))
+                work.append((index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse))
         if self._has_nonfinite_gradient(work):
             self.skipped_steps += 1
             return loss
-        for group, rule, hyperparameters, backend, params, grads in work:
-            self._update_group(group, rule, hyperparameters, backend, params, grads, grad_scale)
+        state_ids = self._state_snapshot()[1] if work else ()
+        rebuilt = False
+        for index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse in work:
+            rebuilt |= self._update_group(index, group, rule, hyperparameters, backend, params, grads, dtypes,
+                                          has_sparse, grad_scale, state_ids)
+        if rebuilt:
+            # Rebuilt plans created state, which changed the snapshot. Every plan used in this step still
+            # matches the state (a group's state creation touches only its own params' state), so all of them
+            # take the new snapshot.
+            snapshot = self._state_snapshot()
+            for index, *_ in work:
+                self._plans[index].state_objects, self._plans[index].state_ids = snapshot
         return loss
 
-    def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        params, grads = [], []
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            if param.grad.is_sparse:
+    def _state_snapshot(self) -> tuple[list[Any], tuple[int, ...]]:
+        """`self.state`, its params, their state dicts and the values in those, and the ids of all of them.
+
+        A plan keeps these objects alive, so none of their ids can be taken by another object while it lives:
+        equal ids mean nothing in the state was added, removed or replaced since (a `load_state_dict`, a new
+        param's state, `optimizer.state[p]["step"] = ...`, `optimizer.state = defaultdict(dict)`...). Values
+        changed in place (`state["step"].fill_(0)`) need no check: the plan keeps tensors, not their values.
+        """
+        dicts = list(self.state.values())
+        objects = [self.state, *self.state, *dicts, *itertools.chain.from_iterable(map(dict.values, dicts))]
+        return objects, tuple(map(id, objects))
+
+    def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+        """The group's params that have a gradient, their gradients, and whether one of those is sparse.
+
+        Raises where PyTorch refuses a gradient (sparse where unsupported, ...), before anything changes.
+
+        The common case (dense gradients, no complex param under `state_dtype`) is checked with C-level passes;
+        anything else goes through the per-param loop, which raises PyTorch's errors in PyTorch's order.
+        """
+        params = group["params"]
+        grads = list(map(_grad_of, params))
+        has_grad = list(map(operator.is_not, grads, itertools.repeat(None)))
+        if all(has_grad):
+            params = list(params)
+        else:
+            params, grads = list(itertools.compress(params, has_grad)), list(itertools.compress(grads, has_grad))
+        has_sparse = any(map(_is_sparse, grads))
+        if not has_sparse and (group["state_dtype"] is None or not any(map(_is_complex, params))):
+            return params, grads, False
+        for param, grad in zip(params, grads, strict=True):
+            if grad.is_sparse:
                 if not self.supports_sparse:
                     raise RuntimeError(f"{self.torch_name} does not support sparse gradients")
                 if group["weight_decay"] != 0:
@@ -149,53 +202,108 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{self.torch_name}: sparse gradients of complex params are not supported")
             if param.is_complex() and group["state_dtype"] is not None:
                 raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (not supported for complex params)")
-            params.append(param)
-            grads.append(param.grad)
-        return params, grads
+        return params, grads, has_sparse
 
     @staticmethod
     def _has_nonfinite_gradient(work: list[tuple]) -> bool:
         """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync per device)."""
         finite_by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
-        for group, *_, grads in work:
+        for _, group, *_, grads, _, _ in work:
             if group["skip_nonfinite"]:
                 for grad in grads:
                     finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
         return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
-    def _update_group(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
-                      params: list[torch.Tensor], grads: list[torch.Tensor], grad_scale: Any) -> None:
+    def _update_group(self, index: int, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                      backend: Backend, params: list[torch.Tensor], grads: list[torch.Tensor],
+                      dtypes: tuple[torch.dtype, ...], has_sparse: bool, grad_scale: Any,
+                      state_ids: tuple[int, ...]) -> bool:
+        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt.
+
+        The per-param work that does not change from step to step (state lookups and creation, which params
+        are complex or DTensors, the state tensor lists) lives in the group's `_Plan`, checked each step with
+        C-level identity passes and rebuilt when anything it depends on changed.
+        """
         active = rule.active_state(hyperparameters)
-        # Params sharing a step count share the per-step coefficients: one backend call per count.
-        buckets: dict[float, list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]] = defaultdict(list)
+        plan = self._plans.get(index)
+        valid = (plan is not None and plan.group is group and plan.active == active
+                 and plan.state_ids == state_ids and plan.param_ids == tuple(map(id, params))
+                 and plan.dtypes == dtypes)
+        counter_pointers = plan.counter_pointers if valid else None
+        if counter_pointers is not None:
+            # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
+            counter_pointers = np.fromiter(map(_data_ptr, plan.counters), np.int64, len(params))
+            valid = np.array_equal(counter_pointers, plan.counter_pointers)
+        fresh: list[bool] = []
+        if not valid:
+            plan, fresh = self._build_plan(group, rule, hyperparameters, params, active, dtypes)
+            self._plans[index] = plan
+            counter_pointers = plan.counter_pointers
+        steps: float | list[float]
+        if not self.counts_steps:
+            # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
+            steps = [1 if new else 2 for new in fresh] if any(fresh) else 2
+        elif counter_pointers is not None:
+            counts = np.empty(len(params), np.float32)
+            _counter_kernel()(counter_pointers, counts)
+            steps = float(counts[0]) if counts.min() == counts.max() else counts.tolist()
+        else:
+            torch._foreach_add_(plan.counters, 1.0)
+            steps = [counter.item() for counter in plan.counters]
+            if len(set(steps)) == 1:
+                steps = steps[0]
+        backend_params, backend_grads, tensors = params, grads, plan.tensors
+        if plan.special:
+            backend_params, backend_grads, tensors = list(params), list(grads), list(tensors)
+            for i in plan.special:
+                param, grad, state = local_shards(params[i], grads[i], tensors[i])
+                if dtypes[i].is_complex:
+                    param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                    state = [torch.view_as_real(tensor) for tensor in state]
+                backend_params[i], backend_grads[i], tensors[i] = param, grad, state
+        if isinstance(steps, list):
+            # params sharing a step count share the per-step coefficients: one backend call per count
+            buckets: dict[float, list[int]] = defaultdict(list)
+            for i, step in enumerate(steps):
+                buckets[step].append(i)
+        else:
+            buckets = {steps: list(range(len(params)))}
+        for step, indices in buckets.items():
+            coefficients = rule.coefficients(step, **hyperparameters)
+            if len(indices) == len(params) and not has_sparse:
+                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
+                continue
+            dense = [i for i in indices if not backend_grads[i].is_sparse]
+            if dense:
+                backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
+                             [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
+            for i in indices:
+                if backend_grads[i].is_sparse:
+                    self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
+                                        backend_grads[i], tensors[i], grad_scale)
+        return not valid
+
+    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                    params: list[torch.Tensor], active: tuple[str, ...],
+                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[bool]]:
+        """The group's plan for these params, creating missing state; also which params' state was new."""
         keeps_state = self.counts_steps or bool(active)
         states = [self.state[param] if keeps_state else {} for param in params]
         fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
                  for param, state in zip(params, states, strict=True)]
-        if self.counts_steps:
-            counters = [state["step"] for state in states]
-            torch._foreach_add_(counters, 1.0)
-            steps = [counter.item() for counter in counters]
-        else:
-            # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-            steps = [1 if new else 2 for new in fresh]
-        for param, grad, state, step in zip(params, grads, states, steps, strict=True):
-            tensors = [state[name] for name in active]
-            param, grad, tensors = local_shards(param, grad, tensors)
-            if param.is_complex():
-                param, grad = torch.view_as_real(param), torch.view_as_real(grad)
-                tensors = [torch.view_as_real(tensor) for tensor in tensors]
-            buckets[step].append((param, grad, tensors))
-        for step, items in buckets.items():
-            coefficients = rule.coefficients(step, **hyperparameters)
-            dense = [item for item in items if not item[1].is_sparse]
-            if dense:
-                backend.step(rule, hyperparameters, coefficients, [item[0] for item in dense],
-                             [item[1] for item in dense], [item[2] for item in dense], grad_scale)
-            for param, grad, tensors in items:
-                if grad.is_sparse:
-                    self._sparse_update(rule, hyperparameters, backend, coefficients, param, grad, tensors,
-                                        grad_scale)
+        dtensor_module = sys.modules.get("torch.distributed.tensor")  # no DTensor can exist before it is imported
+        special = [i for i, param in enumerate(params) if dtypes[i].is_complex
+                   or (dtensor_module is not None and isinstance(param, dtensor_module.DTensor))]
+        counters = [state["step"] for state in states] if self.counts_steps else []
+        counter_pointers = None
+        if counters and _counter_kernel() is not None and all(
+                type(counter) is torch.Tensor and counter.device.type == "cpu" and counter.dtype == torch.float32
+                and counter.numel() == 1 for counter in counters):
+            counter_pointers = np.fromiter(map(_data_ptr, counters), np.int64, len(counters))
+        # the state snapshot is filled in by `step` once every group of this step has created its state
+        plan = _Plan(group, active, tuple(map(id, params)), dtypes, params, special,
+                     [[state[name] for name in active] for state in states], counters, counter_pointers)
+        return plan, fresh
 
     @staticmethod
     def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
@@ -246,6 +354,7 @@ class Optimizer(torch.optim.Optimizer):
         """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`."""
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
+        self._plans = {}  # plans hold the previous state's tensors: drop them now, not at the next step
         self._step_supports_amp_scaling = True
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -316,6 +425,46 @@ class Optimizer(torch.optim.Optimizer):
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
                 _check_state_value(where, key, value, param)
+
+
+class _Plan:
+    """What one param group's step needs that stays the same from step to step, built by `_build_plan`.
+
+    On 10,000 small tensors, finding each param's state and step counter, checking which params are complex
+    or DTensors and listing their state tensors cost tens of milliseconds per step in Python: more than the
+    fused kernel. A plan keeps all of that and is used while the group, its params with gradients, their
+    dtypes, the active state and every object in `optimizer.state` are the same ones (identity checks,
+    C-level passes); anything else rebuilds it.
+    """
+
+    def __init__(self, group: dict[str, Any], active: tuple[str, ...], param_ids: tuple[int, ...],
+                 dtypes: tuple[torch.dtype, ...], params: list[torch.Tensor], special: list[int],
+                 tensors: list[list[torch.Tensor]], counters: list[torch.Tensor],
+                 counter_pointers: np.ndarray | None) -> None:
+        self.group = group
+        self.active = active
+        self.param_ids = param_ids
+        self.params = params  # kept alive, so that `param_ids` cannot be reused by other tensors
+        self.dtypes = dtypes
+        #: params whose tensors are converted every step (DTensor to local shard, complex to real view)
+        self.special = special
+        #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
+        self.tensors = tensors
+        self.counters = counters
+        #: the counters' data pointers when `_counter_kernel` can advance them all, else None
+        self.counter_pointers = counter_pointers
+        self.state_objects: list[Any] = []
+        self.state_ids: tuple[int, ...] | None = None
+
+
+@functools.cache
+def _counter_kernel() -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """`optimlab.torch._counters.advance` (compiled, cached on disk), or None where Numba is not installed."""
+    try:
+        from ._counters import advance
+    except ImportError:
+        return None
+    return advance
 
 
 def local_shards(param: torch.Tensor, grad: torch.Tensor,
