@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import faulthandler
+import gc
 import importlib
 import json
 import os
@@ -64,6 +65,7 @@ def main() -> None:
         record(current, "error", traceback.format_exc())
         sys.stderr.flush()
         os._exit(1)
+    gc.collect()  # scenarios' DDP/FSDP modules hold the group: free them before it goes (else gloo may abort)
     dist.destroy_process_group()
 
 
