@@ -1,6 +1,7 @@
 """The playground's JSON API: the same numbers as `optimlab trace`, bounded inputs, 422s naming the field,
 valid JSON even when a run diverges, and no server error for anything schemathesis generates."""
 
+import asyncio
 import json
 import math
 import re
@@ -188,6 +189,36 @@ def test_a_huge_body_is_refused_unread():
     response = client.post("/api/run", content=b" " * (MAX_BODY_BYTES + 1),
                            headers={"Content-Type": "application/json"})
     assert response.status_code == 413
+
+
+def test_an_endless_chunked_body_is_refused_at_the_limit():
+    """Without a Content-Length the body is counted as it arrives: the server stops reading just past the limit
+    (an endless stream, straight through ASGI, so nothing in between buffers it)."""
+    chunk, pulled, sent = 65536, [], []
+
+    async def receive():
+        pulled.append(chunk)
+        assert sum(pulled) <= 2 * MAX_BODY_BYTES, "the server kept reading past the limit"
+        return {"type": "http.request", "body": b" " * chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/api/run", "raw_path": b"/api/run", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert b"request body over" in b"".join(message.get("body", b"") for message in sent[1:])
+    assert sum(pulled) <= MAX_BODY_BYTES + chunk
+
+
+def test_a_chunked_body_under_the_limit_is_answered():
+    body = json.dumps({"surface": "ellipse", "optimizers": [{"name": "adam"}], "steps": 5}).encode()
+    response = client.post("/api/run", content=iter([body[:10], body[10:]]),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
 
 
 def test_the_largest_request_is_answered():

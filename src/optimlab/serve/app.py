@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -68,13 +68,7 @@ def create_app() -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, validation_error)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        """Refuse a declared body over `MAX_BODY_BYTES` before reading it (the largest valid one is ~10 kB)."""
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_BODY_BYTES} bytes"})
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
 
     @app.get("/api/surfaces", response_model=list[SurfaceInfo], tags=["surfaces"])
@@ -105,6 +99,40 @@ def create_app() -> FastAPI:
         return simulate(request)
 
     return app
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes with 413 (the largest valid one is ~10 kB).
+
+    A declared `Content-Length` is checked before anything is read; a body without one (chunked) is counted
+    as it arrives and refused as soon as it passes the limit, so no request can make the server buffer more.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body over {self.limit} bytes"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await JSONResponse(status_code=413, content={"detail": too_large})(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(status_code=413, detail=too_large)  # FastAPI answers it as it is
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
