@@ -291,9 +291,7 @@ class Optimizer(torch.optim.Optimizer):
         states = [self.state[param] if keeps_state else {} for param in params]
         fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
                  for param, state in zip(params, states, strict=True)]
-        dtensor_module = sys.modules.get("torch.distributed.tensor")  # no DTensor can exist before it is imported
-        special = [i for i, param in enumerate(params) if dtypes[i].is_complex
-                   or (dtensor_module is not None and isinstance(param, dtensor_module.DTensor))]
+        special = [i for i, param in enumerate(params) if dtypes[i].is_complex or _is_dtensor(param)]
         counters = [state["step"] for state in states] if self.counts_steps else []
         counter_pointers = None
         if counters and _counter_kernel() is not None and all(
@@ -476,15 +474,20 @@ def local_shards(param: torch.Tensor, grad: torch.Tensor,
     real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
     distributed checkpoints save it sharded.
     """
-    dtensor_module = sys.modules.get("torch.distributed.tensor")  # no DTensor can exist before it is imported
-    if dtensor_module is None or not isinstance(param, dtensor_module.DTensor):
+    if not _is_dtensor(param):
         return param, grad, tensors
     for name, tensor in (("gradient", grad), *(("state", tensor) for tensor in tensors)):
-        if not isinstance(tensor, dtensor_module.DTensor) or tensor.placements != param.placements:
+        if not _is_dtensor(tensor) or tensor.placements != param.placements:
             placements = getattr(tensor, "placements", "a plain tensor")
             raise ValueError(f"a DTensor param with placements {param.placements} has a {name} with placements "
                              f"{placements}: optimlab updates DTensors shard by shard and needs them to match")
     return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    """Whether `tensor` is a `DTensor`, without importing torch.distributed (none exists before it is imported)."""
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    return dtensor_module is not None and isinstance(tensor, dtensor_module.DTensor)
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
