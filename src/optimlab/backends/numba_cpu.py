@@ -276,6 +276,15 @@ _DRIVERS: dict[tuple[int, Variant], tuple[Rule, Any]] = {}
 _BUILDING = threading.Lock()
 
 
+def _renew_building_lock() -> None:
+    # a forked child has only the forking thread: a lock another thread of the parent held would never open
+    global _BUILDING
+    _BUILDING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_building_lock)
+
+
 def driver(rule: Rule, variant: Variant) -> Any:
     """The driver for `variant`: built on first call, its compiled code loaded from the kernel cache if there.
 
