@@ -123,6 +123,13 @@ def _owned_by_another_user(cache: Path) -> None:
     assert cache.stat().st_uid == OTHER_USER
 
 
+def _a_link_to_another_users_directory(cache: Path) -> None:
+    """The other user's directory, reached through a link the other user made where the cache should be."""
+    _owned_by_another_user(cache)
+    as_other_user("mv", str(cache), str(cache.with_name("elsewhere")))
+    as_other_user("ln", "-s", str(cache.with_name("elsewhere")), str(cache))
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="acting as another user needs root and setpriv")
 
@@ -131,6 +138,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is 
     _writable_by_others,
     _parent_writable_by_others,
     pytest.param(_owned_by_another_user, marks=needs_root),
+    pytest.param(_a_link_to_another_users_directory, marks=needs_root),
 ])
 def test_an_untrusted_directory_is_never_loaded_from(make_unsafe, warm_cache, monkeypatch):
     # a world-traversable place, as /tmp is, so that another user can work in it
@@ -144,12 +152,12 @@ def test_an_untrusted_directory_is_never_loaded_from(make_unsafe, warm_cache, mo
         forget_driver()
         plant_traps(cache, name, marker)
         make_unsafe(cache)
-        planted = {path: path.read_bytes() for path in cache.rglob("*") if path.is_file()}
+        planted = {path: path.read_bytes() for path in cache.resolve().rglob("*") if path.is_file()}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run = numba_cpu.driver(RULE, VARIANT)
         assert not marker.exists()
-        assert {path: path.read_bytes() for path in cache.rglob("*") if path.is_file()} == planted
+        assert {path: path.read_bytes() for path in cache.resolve().rglob("*") if path.is_file()} == planted
         messages = [str(warning.message) for warning in caught if warning.category is kernel_cache.KernelCacheWarning]
         assert len(messages) == 1 and str(cache) in messages[0] and "\n" not in messages[0]
         assert run.stats.cache_path is None  # compiled without a disk cache
