@@ -10,7 +10,6 @@ float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params,
 
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import math
@@ -20,13 +19,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
 from ..backends import BACKENDS, Backend, resolve
 from ..backends import eager as _eager  # noqa: F401 (registers "eager", the fallback of backend="auto")
 from ..rules import Rule
+from ._counters import StepCounters
 
 #: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
 OPTIONAL_BACKENDS = ("optimlab.backends.triton_gpu", "optimlab.backends.numba_cpu")
@@ -43,7 +42,6 @@ _is_sparse = operator.attrgetter("is_sparse")
 _is_complex = torch.Tensor.is_complex
 _dtype_of = operator.attrgetter("dtype")
 _dtype_is_complex = operator.attrgetter("is_complex")
-_data_ptr = torch.Tensor.data_ptr
 
 
 def load_optional_backends() -> list[str]:
@@ -229,79 +227,82 @@ class Optimizer(torch.optim.Optimizer):
         valid = (plan is not None and plan.group is group and plan.active == active
                  and plan.state_ids == state_ids and plan.param_ids == tuple(map(id, params))
                  and plan.dtypes == dtypes)
-        counter_pointers = plan.counter_pointers if valid else None
-        if counter_pointers is not None:
-            # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
-            counter_pointers = np.fromiter(map(_data_ptr, plan.counters), np.int64, len(params))
-            valid = np.array_equal(counter_pointers, plan.counter_pointers)
-        fresh: list[bool] = []
+        if valid and plan.counters is not None and plan.counters.moved():
+            valid = False  # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
+        created: list[list[str]] = []
         if not valid:
-            plan, fresh = self._build_plan(group, rule, hyperparameters, params, active, dtypes)
+            plan, created = self._build_plan(group, rule, hyperparameters, backend, params, active, dtypes)
             self._plans[index] = plan
-            counter_pointers = plan.counter_pointers
         steps: float | list[float]
-        if not self.counts_steps:
+        if plan.counters is None:
             # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-            steps = [1 if new else 2 for new in fresh] if any(fresh) else 2
-        elif counter_pointers is not None:
-            counts = np.empty(len(params), np.float32)
-            _counter_kernel()(counter_pointers, counts)
-            steps = float(counts[0]) if counts.min() == counts.max() else counts.tolist()
+            steps = [1 if names else 2 for names in created] if any(created) else 2
         else:
-            torch._foreach_add_(plan.counters, 1.0)
-            steps = [counter.item() for counter in plan.counters]
-            if len(set(steps)) == 1:
-                steps = steps[0]
-        backend_params, backend_grads, tensors = params, grads, plan.tensors
-        if plan.special:
-            backend_params, backend_grads, tensors = list(params), list(grads), list(tensors)
-            for i in plan.special:
-                param, grad, state = local_shards(params[i], grads[i], tensors[i])
-                if dtypes[i].is_complex:
-                    param, grad = torch.view_as_real(param), torch.view_as_real(grad)
-                    state = [torch.view_as_real(tensor) for tensor in state]
-                backend_params[i], backend_grads[i], tensors[i] = param, grad, state
-        if isinstance(steps, list):
-            # params sharing a step count share the per-step coefficients: one backend call per count
-            buckets: dict[float, list[int]] = defaultdict(list)
-            for i, step in enumerate(steps):
-                buckets[step].append(i)
-        else:
-            buckets = {steps: list(range(len(params)))}
-        for step, indices in buckets.items():
-            coefficients = rule.coefficients(step, **hyperparameters)
-            if len(indices) == len(params) and not has_sparse:
-                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
-                continue
-            dense = [i for i in indices if not backend_grads[i].is_sparse]
-            if dense:
-                backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
-                             [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
-            for i in indices:
-                if backend_grads[i].is_sparse:
-                    self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
-                                        backend_grads[i], tensors[i], grad_scale)
+            # the counts the counters take once the update succeeded: a step that raises advances none
+            counts = plan.counters.next_counts()
+            steps = counts[0] if counts.count(counts[0]) == len(counts) else counts
+        try:
+            backend_params, backend_grads, tensors = params, grads, plan.tensors
+            if plan.special:
+                backend_params, backend_grads, tensors = list(params), list(grads), list(tensors)
+                for i in plan.special:
+                    param, grad, state = local_shards(params[i], grads[i], tensors[i])
+                    if dtypes[i].is_complex:
+                        param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                        state = [torch.view_as_real(tensor) for tensor in state]
+                    backend_params[i], backend_grads[i], tensors[i] = param, grad, state
+            if isinstance(steps, list):
+                # params sharing a step count share the per-step coefficients: one backend call per count
+                buckets: dict[float, list[int]] = defaultdict(list)
+                for i, step in enumerate(steps):
+                    buckets[step].append(i)
+            else:
+                buckets = {steps: list(range(len(params)))}
+            for step, indices in buckets.items():
+                coefficients = rule.coefficients(step, **hyperparameters)
+                if len(indices) == len(params) and not has_sparse:
+                    backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
+                                 grad_scale)
+                    continue
+                dense = [i for i in indices if not backend_grads[i].is_sparse]
+                if dense:
+                    backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
+                                 [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
+                for i in indices:
+                    if backend_grads[i].is_sparse:
+                        self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
+                                            backend_grads[i], tensors[i], grad_scale)
+        except BaseException:
+            # a failed step changes nothing: the state it created goes, the counters have not advanced
+            for param, names in zip(params, created, strict=True):
+                for name in names:
+                    del self.state[param][name]
+            raise
+        if plan.counters is not None:
+            plan.counters.advance()
         return not valid
 
-    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
                     params: list[torch.Tensor], active: tuple[str, ...],
-                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[bool]]:
-        """The group's plan for these params, creating missing state; also which params' state was new."""
+                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[list[str]]]:
+        """The group's plan for these params, creating missing state; also the state keys created per param."""
         keeps_state = self.counts_steps or bool(active)
         states = [self.state[param] if keeps_state else {} for param in params]
-        fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
-                 for param, state in zip(params, states, strict=True)]
+        created = [self._ensure_state(param, state, group, rule, hyperparameters)
+                   for param, state in zip(params, states, strict=True)]
         special = [i for i, param in enumerate(params) if dtypes[i].is_complex or _is_dtensor(param)]
-        counters = [state["step"] for state in states] if self.counts_steps else []
-        counter_pointers = None
-        if counters and _counter_kernel() is not None and all(
-                type(counter) is torch.Tensor and counter.device.type == "cpu" and counter.dtype == torch.float32
-                and counter.numel() == 1 for counter in counters):
-            counter_pointers = np.fromiter(map(_data_ptr, counters), np.int64, len(counters))
+        counters = None
+        if self.counts_steps:
+            # a backend may advance the counters faster than the portable `torch._foreach_add_`
+            tensors = [state["step"] for state in states]
+            offer = getattr(backend, "step_counters", None)
+            counters = offer(tensors) if offer is not None else None
+            if counters is None:
+                counters = StepCounters(tensors)
         # the state snapshot is filled in by `step` once every group of this step has created its state
         plan = _Plan(group, active, tuple(map(id, params)), dtypes, params, special,
-                     [[state[name] for name in active] for state in states], counters, counter_pointers)
-        return plan, fresh
+                     [[state[name] for name in active] for state in states], counters)
+        return plan, created
 
     @staticmethod
     def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
@@ -321,16 +322,17 @@ class Optimizer(torch.optim.Optimizer):
             tensor.index_put_(index, updated)
 
     def _ensure_state(self, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any], rule: Rule,
-                      hyperparameters: Mapping[str, Any]) -> bool:
-        """Create the `step` counter and any missing active state; whether some state was new."""
+                      hyperparameters: Mapping[str, Any]) -> list[str]:
+        """Create the `step` counter and any missing active state; the keys created."""
+        created = []
         if self.counts_steps and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-        fresh = False
+            created.append("step")
         for name in rule.active_state(hyperparameters):
             if state.get(name) is None:
                 state[name] = self._new_state(param, group, rule.initial_state(name, hyperparameters))
-                fresh = True
-        return fresh
+                created.append(name)
+        return created
 
     @staticmethod
     def _new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
@@ -437,8 +439,7 @@ class _Plan:
 
     def __init__(self, group: dict[str, Any], active: tuple[str, ...], param_ids: tuple[int, ...],
                  dtypes: tuple[torch.dtype, ...], params: list[torch.Tensor], special: list[int],
-                 tensors: list[list[torch.Tensor]], counters: list[torch.Tensor],
-                 counter_pointers: np.ndarray | None) -> None:
+                 tensors: list[list[torch.Tensor]], counters: StepCounters | None) -> None:
         self.group = group
         self.active = active
         self.param_ids = param_ids
@@ -448,21 +449,10 @@ class _Plan:
         self.special = special
         #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
         self.tensors = tensors
+        #: the params' `step` tensors (None for optimizers that keep none: SGD), as the backend advances them
         self.counters = counters
-        #: the counters' data pointers when `_counter_kernel` can advance them all, else None
-        self.counter_pointers = counter_pointers
         self.state_objects: list[Any] = []
         self.state_ids: tuple[int, ...] | None = None
-
-
-@functools.cache
-def _counter_kernel() -> Callable[[np.ndarray, np.ndarray], None] | None:
-    """`optimlab.torch._counters.advance` (compiled, cached on disk), or None where Numba is not installed."""
-    try:
-        from ._counters import advance
-    except ImportError:
-        return None
-    return advance
 
 
 def local_shards(param: torch.Tensor, grad: torch.Tensor,
