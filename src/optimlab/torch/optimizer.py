@@ -76,6 +76,9 @@ class Optimizer(torch.optim.Optimizer):
     counts_steps: bool = True
     #: Whether a sparse gradient may run through the rule (Adagrad, as in PyTorch).
     supports_sparse: bool = False
+    #: Group keys added in later PyTorch versions, with the values PyTorch's own `__setstate__` gives them when
+    #: a state dict (written by an older PyTorch) lacks them: such state dicts load as in `torch.optim`.
+    setstate_defaults: Mapping[str, Any] = {}
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         load_optional_backends()
@@ -274,7 +277,7 @@ class Optimizer(torch.optim.Optimizer):
                                             backend_grads[i], tensors[i], grad_scale)
         except BaseException:
             # a failed step changes nothing: the state it created goes, the counters have not advanced
-            for param, names in zip(params, created, strict=True):
+            for param, names in zip(params, created, strict=False):  # (none created by a plan in use)
                 for name in names:
                     del self.state[param][name]
             raise
@@ -351,13 +354,17 @@ class Optimizer(torch.optim.Optimizer):
     # --- state dicts ---------------------------------------------------------------------------------
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`."""
+        """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`.
+
+        Keys of later PyTorch versions get PyTorch's values (`setstate_defaults`), optimlab's own keys
+        (`OPTIMLAB_KEYS`) this optimizer's settings.
+        """
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
         self._plans = {}  # plans hold the previous state's tensors: drop them now, not at the next step
         self._step_supports_amp_scaling = True
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in {**self.defaults, **self.setstate_defaults}.items():
                 group.setdefault(key, value)
             for param in group["params"]:
                 param_state = self.state.get(param)
@@ -400,21 +407,21 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Invalid state_dict: param group {index} has {len(saved.get('params', ()))} "
                                  f"params, this optimizer's has {len(group['params'])}")
             missing = [key for key in self.defaults if key not in saved and key not in OPTIMLAB_KEYS
-                       and key not in ("foreach", "fused", "capturable", "differentiable")]
+                       and key not in self.setstate_defaults]
             if missing:
                 raise ValueError(f"Invalid state_dict: param group {index} lacks {missing}")
-            merged = {**self.defaults, **saved, "backend": group["backend"]}
+            merged = {**self.defaults, **self.setstate_defaults, **saved, "backend": group["backend"]}
             try:
                 self._validate_group(merged)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
             rule, hyperparameters = self.rule_for(merged)
             for saved_id, param in zip(saved["params"], group["params"], strict=True):
-                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters))
+                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.state_names)
         for saved_id, param_state in saved_state.items():
             if saved_id not in params_by_id:
                 raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
-            index, param, active = params_by_id[saved_id]
+            index, param, active, state_names = params_by_id[saved_id]
             where = f"state of param {saved_id!r} (group {index})"
             if not isinstance(param_state, Mapping):
                 raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
@@ -424,7 +431,9 @@ class Optimizer(torch.optim.Optimizer):
                 if missing:
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
-                _check_state_value(where, key, value, param)
+                # other keys are kept as they are, as `torch.optim` keeps them: no step reads them
+                if key == "step" or key in state_names:
+                    _check_state_value(where, key, value, param)
 
 
 class _Plan:
@@ -481,6 +490,13 @@ def _is_dtensor(tensor: Any) -> bool:
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
+    """Refuse, at load time, a `step` or rule state value that a step could not use.
+
+    A `step` tensor keeps its dtype, as in `torch.optim` (an int64 one is advanced in int64); a sparse or
+    other non-strided state tensor is refused: `torch.optim` loads it and then fails in the middle of a step.
+    """
+    if torch.is_tensor(value) and value.layout != torch.strided:
+        raise ValueError(f"Invalid state_dict: {where}: {key} is a {value.layout} tensor (expected a dense one)")
     if key == "step":
         number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
