@@ -1,10 +1,10 @@
 """The `torch.optim.Optimizer` subclass every optimlab PyTorch optimizer is: bookkeeping only, no math.
 
 Per step, for each param group: pick the rule (`rule_for`), create missing state (PyTorch's keys, `step` a
-float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params, gradients and state — as
-`torch.view_as_real` views for complex params — to a backend (`optimlab.backends`), which evaluates
-`rule.update`. Around that it does what `torch.optim` does: closures, step hooks (the base class wraps
-`step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
+float32 0-dim tensor as PyTorch keeps it), hand the params, gradients, state and the step counts they are
+about to reach — as `torch.view_as_real` views for complex params — to a backend (`optimlab.backends`),
+which evaluates `rule.update`, and advance `step` once it returned (a failed step changes nothing). Around
+that it does what `torch.optim` does: closures, step hooks (the base class wraps `step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
 `torch.optim`, plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
 """
 
@@ -219,7 +219,7 @@ class Optimizer(torch.optim.Optimizer):
                       backend: Backend, params: list[torch.Tensor], grads: list[torch.Tensor],
                       dtypes: tuple[torch.dtype, ...], has_sparse: bool, grad_scale: Any,
                       state_ids: tuple[int, ...]) -> bool:
-        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt.
+        """Run the backend, then advance the group's step counters; whether the group's plan was rebuilt.
 
         The per-param work that does not change from step to step (state lookups and creation, which params
         are complex or DTensors, the state tensor lists) lives in the group's `_Plan`, checked each step with
