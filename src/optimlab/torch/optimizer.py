@@ -4,8 +4,9 @@ Per step, for each param group: pick the rule (`rule_for`), create missing state
 float32 0-dim tensor as PyTorch keeps it), hand the params, gradients, state and the step counts they are
 about to reach — as `torch.view_as_real` views for complex params — to a backend (`optimlab.backends`),
 which evaluates `rule.update`, and advance `step` once it returned (a failed step changes nothing). Around
-that it does what `torch.optim` does: closures, step hooks (the base class wraps `step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
-`torch.optim`, plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
+that it does what `torch.optim` does: closures, step hooks (the base class wraps `step`), AMP's
+`grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from `torch.optim`,
+plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
 """
 
 from __future__ import annotations
