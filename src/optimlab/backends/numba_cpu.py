@@ -540,6 +540,67 @@ _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 
 
+# --- step counters ---------------------------------------------------------------------------------------
+
+@functools.cache
+def _counter_loops() -> tuple[Any, Any]:
+    """Two loops over float32 scalars by data pointer: `peek` (each value + 1 into `counts`) and `store`.
+
+    Compiled in memory once per process (≈ 0.3 s), never cached on disk: counting steps must work wherever
+    the optimizer does, read-only installs and unwritable homes included.
+    """
+    import numba
+
+    address = driver_helper("address")
+
+    @numba.njit(nogil=True)
+    def peek(pointers: np.ndarray, counts: np.ndarray) -> None:
+        for i in range(pointers.size):
+            counts[i] = numba.carray(address(pointers[i]), 1, np.float32)[0] + np.float32(1.0)
+
+    @numba.njit(nogil=True)
+    def store(pointers: np.ndarray, counts: np.ndarray) -> None:
+        for i in range(pointers.size):
+            numba.carray(address(pointers[i]), 1, np.float32)[0] = counts[i]
+
+    return peek, store
+
+
+def _is_float32_scalar(tensor: Any) -> bool:
+    """A plain CPU float32 one-element tensor whose storage holds that element (safe to write by pointer)."""
+    return (type(tensor) is torch.Tensor and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+            and tensor.layout == torch.strided and tensor.numel() == 1
+            and tensor.untyped_storage().nbytes() >= 4 * (tensor.storage_offset() + 1))
+
+
+class _StepCounters:
+    """float32 `step` tensors advanced through their data pointers (see `optimlab.torch._counters`).
+
+    The same semantics as the portable `torch._foreach_add_(counters, 1)` (float32 `x + 1`, `_version`
+    one up per step) for ≈ 0.2 µs per counter instead of ≈ 4 µs: the front end's largest per-tensor cost.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.tensors = list(tensors)
+        self.pointers = np.fromiter(map(_data_ptr, self.tensors), np.int64, len(self.tensors))
+        self.counts = np.empty(len(self.tensors), np.float32)
+
+    def moved(self) -> bool:
+        """Whether a counter's storage moved (`.data =`, `share_memory_`): then these pointers are stale."""
+        return not np.array_equal(np.fromiter(map(_data_ptr, self.tensors), np.int64, len(self.tensors)),
+                                  self.pointers)
+
+    def next_counts(self) -> list[float]:
+        """Each counter + 1 in float32, nothing written."""
+        _counter_loops()[0](self.pointers, self.counts)
+        return self.counts.tolist()
+
+    def advance(self) -> None:
+        """Store the values `next_counts` returned and bump each counter's `_version`, as `step_t += 1` does."""
+        _counter_loops()[1](self.pointers, self.counts)
+        torch.autograd.graph.increment_version(self.tensors)
+
+
 class NumbaCPU:
     """The fused CPU backend (see the module docstring); registered as "numba", first for `auto`."""
 
@@ -628,6 +689,12 @@ class NumbaCPU:
         layout.token = token
         self._layouts[key] = layout
         return layout
+
+    def step_counters(self, counters: Sequence[torch.Tensor]) -> _StepCounters | None:
+        """Compiled `step` counters when every one is a plain float32 CPU scalar, else None (the portable way)."""
+        if not all(map(_is_float32_scalar, counters)):
+            return None
+        return _StepCounters(counters)
 
 
 BACKEND = register(NumbaCPU(), first=True)
