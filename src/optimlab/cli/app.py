@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -21,7 +20,7 @@ from .._extras import extra_of, missing_extra_message, missing_modules
 class _Group(TyperGroup):
     """Keeps the command line in `context.meta`, so the group callback can tell `COMMAND --help` apart."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         ctx.meta["optimlab.arguments"] = list(args)
         return super().parse_args(ctx, args)
 
