@@ -32,10 +32,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from importlib.metadata import metadata
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -128,8 +128,7 @@ def playground(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def _declared_extras() -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return set(project["optional-dependencies"])
+    return set(metadata("optimlab").get_all("Provides-Extra") or ())
 
 
 def _check_pip_install(words: list[str]) -> None:

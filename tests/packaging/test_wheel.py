@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -41,9 +42,14 @@ def _pypi_reachable(directory: Path) -> bool:
     return probe.returncode == 0
 
 
+class Installed(NamedTuple):
+    wheel: Path
+    venv: Path
+
+
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (no system site-packages) holding the built wheel and its core dependencies only."""
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The built wheel, and a fresh venv (no system site-packages) holding it and its core dependencies only."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -63,14 +69,17 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not _pypi_reachable(work):
             pytest.skip("PyPI is unreachable: the core dependencies come from it")
         pytest.fail(f"pip install of the wheel failed:\n{installed.stdout}\n{installed.stderr}")
-    environment.joinpath("wheel").write_text(str(wheel))
-    return environment
+    return Installed(wheel, environment)
+
+
+@pytest.fixture
+def venv(installed: Installed) -> Path:
+    return installed.venv
 
 
 @pytest.mark.slow
-def test_wheel_carries_license_and_type_marker(venv: Path) -> None:
-    wheel = Path(venv.joinpath("wheel").read_text())
-    with zipfile.ZipFile(wheel) as archive:
+def test_wheel_carries_license_and_type_marker(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as archive:
         names = archive.namelist()
         (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
         text = archive.read(metadata).decode()
