@@ -23,7 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
+from .._extras import requires_extra
+
+with requires_extra("optimlab.bench"):
+    import torch
 
 from ..backends import BACKENDS
 from ..rules import lookup

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import requires_extra
 from .style import NOTES_OPTIMIZERS, color, format_lr, label, new_figure
 from .surfaces import Surface, lookup_surface
 from .sweep import Run, Sweep, run, sweep
@@ -162,7 +163,8 @@ def _plot_paths_1d(surface: Surface, runs: Mapping[str, Run], path: Path) -> Pat
 def animate_paths(surface: Surface | str, runs: Mapping[str, Run], path: Path | str, max_frames: int = 60,
                   frame_ms: int = 120) -> Path:
     """All optimizers racing on one contour plot, as an animated GIF (at most `max_frames` frames)."""
-    from PIL import Image
+    with requires_extra("the lab's animations"):
+        from PIL import Image
 
     surface = lookup_surface(surface) if isinstance(surface, str) else surface
     if surface.dim != 2:

@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-from torch.optim.optimizer import _to_scalar
-
+from .._extras import requires_extra
 from ..rules import RULES, Rule, lookup
-from .optimizer import Optimizer, load_optional_backends
+
+with requires_extra("optimlab.torch"):
+    import torch
+    from torch.optim.optimizer import _to_scalar
+
+    from .optimizer import Optimizer, load_optional_backends
 
 Params = Iterable[Any]
 
