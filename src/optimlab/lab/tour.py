@@ -18,7 +18,7 @@ import numpy as np
 from . import paths, sparse, train
 from .report import Section, figure, link, raw, table, write_report
 from .style import NOTES_OPTIMIZERS, format_lr, label
-from .surfaces import lookup_surface
+from .surfaces import Surface, lookup_surface
 from .sweep import run, sweep
 
 #: Steps shown per surface when none are given: enough for each picture to tell its story.
@@ -45,9 +45,10 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
     Writes `paths-<name>.png` (contour panels), `.csv` (the points), `.gif` (if `gif` and 2-D) and, where lrs
     were swept, `lr-sweep-<name>.png`.
     """
+    surface_ = lookup_surface(surface)
+    start = paths.check_start(surface_, start)  # refused before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    surface_ = lookup_surface(surface)
     steps = STEPS.get(surface_.name, 100) if steps is None else steps
     name = name or surface_.name
     given = dict(lrs or {})
@@ -69,20 +70,30 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
         files.append(paths.plot_lr_sweep(surface_, sweeps, out / f"lr-sweep-{name}.png").name)
         body.append(figure(files[-1], "Where each lr came from: one vectorized sweep per optimizer, scored by "
                                       "the mean of f − f* along the path (lower is better)."))
-    floor = surface_.minimum_value
     rows = [[label(optimizer), format_lr(result.hyperparameters["lr"]), "given" if optimizer in given else "sweep",
-             f"{result.loss[-1]:.4g}", "—" if floor is None else _first_below(result.loss - floor, 1e-3)]
+             f"{result.loss[-1]:.4g}", _steps(paths.arrival_step(surface_, result))]
             for optimizer, result in runs.items()]
-    body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", "first step with f − f* < 10⁻³"],
-                      rows))
+    body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", ARRIVED], rows))
+    body.append(f"<p>{_arrival_note(surface_)}</p>")
     body.append(f"<p>Data: {link(files[1])}</p>")
     title = title or f"Paths: {surface_.title}" + (", lrs from sweeps" if len(given) < len(runs) else "")
     return Section(f"paths-{name}", title, "".join(body), tuple(files))
 
 
-def _first_below(values: np.ndarray, threshold: float) -> str:
-    below = np.nonzero(values < threshold)[0]
-    return str(int(below[0])) if len(below) else "—"
+#: The arrival column of every table in the report, with the criterion it counts (`paths.arrival_step`).
+ARRIVED = "arrived at step (‖x_t − x*‖ < 10⁻³)"
+
+
+def _steps(step: int | None) -> str:
+    return "—" if step is None else str(step)
+
+
+def _arrival_note(surface: Surface) -> str:
+    if surface.minimum is None:
+        return f"{surface.title} has no minimum: no run arrives (—)."
+    where = ", ".join(f"{value:g}" for value in surface.minimum)
+    return (f"Arrived: the first step t at which x_t lies within {paths.ARRIVAL_TOLERANCE:g} of the minimizer "
+            f"x* = ({where}) (Euclidean distance); — : not within the steps shown.")
 
 
 def preset_experiment(out: Path | str, preset: str, gif: bool = True, announce: Announce | None = None) -> Section:
@@ -160,7 +171,7 @@ def worked_example_section() -> Section:
     alpha_1, x_1 = adam.trace["alpha_t"][0, 0], adam.path[1, 0]
     gd = run("notes", "sgd", {"lr": 0.1}, steps=300)
     adam_long = run("notes", "adam", {"lr": 0.1, "eps": 0.0, "eps_root": 1e-8}, steps=300)
-    gd_steps, adam_steps = (_first_below(np.abs(result.path[:, 0] - 5.0), 1e-3) for result in (gd, adam_long))
+    gd_steps, adam_steps = (_steps(paths.arrival_step(adam.surface, result)) for result in (gd, adam_long))
     claims = [
         ["m₁ (the notes' a₁)", "−4", raw(f'<span class="right">{adam.trace["m"][0, 0]:.10g}</span>'), "right"],
         ["v₁ (the notes' b₁)", "1.6", raw(f'<span class="right">{adam.trace["v"][0, 0]:.10g}</span>'), "right"],
@@ -169,7 +180,7 @@ def worked_example_section() -> Section:
          "the notes divide by √(1 − β₁); the paper (§2) divides by 1 − β₁"],
         ["x₁", raw('<span class="wrong">0.0499</span>'), raw(f'<span class="right">{x_1:.10f}</span>'),
          "x₁ = x₀ − α₁ m₁ / √v₁ = 0.0316 · 4 / 1.2649 = 0.1: Adam's first step is η · sign(g)"],
-        ["first t with |x − 5| < 10⁻³", "“slower than GD, yet it arrives”",
+        ["arrived at step (|x_t − 5| < 10⁻³)", "“slower than GD, yet it arrives”",
          f"GD (lr 0.1): {gd_steps}; Adam: {adam_steps}", "both arrive; Adam's steps are capped near η"],
     ]
     body = ("<p>The notes compute Adam by hand on f(x) = (2x − 10)², ∇f = 4(2x − 10), from x₀ = 0 with η = 0.1, "
