@@ -90,3 +90,23 @@ def test_bad_input_is_one_clear_line(tmp_path, arguments, message):
 def test_help_has_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Examples" in result.output and "--out" in result.output
+
+
+@pytest.mark.parametrize(("surface", "start"), [("rosenbrock", "100,100"), ("notes", "-5"), ("ellipse", "0,5.5")])
+def test_paths_refuses_a_start_outside_the_surface_box_before_writing(tmp_path, surface, start):
+    from fastapi.testclient import TestClient
+
+    from optimlab.serve import create_app
+
+    out = tmp_path / "figures"
+    result = invoke("paths", "--surface", surface, "--start", start, "--no-gif", "--out", out)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("error: Invalid start: ") and f"lies outside {surface}'s bounds" in lines[0]
+    assert not out.exists()
+    answer = TestClient(create_app()).post("/api/run", json={
+        "surface": surface, "start": [float(value) for value in start.split(",")],
+        "optimizers": [{"name": "sgd"}]})
+    assert answer.status_code == 422
+    assert lines[0] == f"error: {answer.json()['detail'][0]['msg']}"  # one check, one message
