@@ -43,29 +43,47 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _usage_error(error: UsageError) -> NoReturn:
-    """Click's usage error (unknown option, bad value, missing argument) in one line, naming the help to read."""
+def _usage_error(error: UsageError, args: Sequence[str] = ()) -> NoReturn:
+    """Click's usage error (unknown option, bad value, missing argument) in one line, naming the value given and
+    the help to read."""
     message = error.format_message()
     if not message:  # `optimlab` alone: Typer prints the help, no mistake to report
         raise error
+    given = _given(error, args)
+    if given is not None and repr(given) not in message:
+        message = f"{message.rstrip('.')}: got {given!r}"
     command = error.ctx.command_path if error.ctx is not None else "optimlab"
     fail(f"{message.rstrip('.')} (see {command} --help)")
 
 
+def _given(error: UsageError, args: Sequence[str]) -> str | None:
+    """The value the command line gave the option `error` is about (`--steps abc` or `--steps=abc`), if any."""
+    options = getattr(getattr(error, "param", None), "opts", ())
+    for index, token in enumerate(args):
+        for option in options:
+            if token == option and index + 1 < len(args):
+                return args[index + 1]
+            if token.startswith(f"{option}="):
+                return token[len(option) + 1:]
+    return None
+
+
 class _Command(TyperCommand):
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **kwargs: Any) -> Any:
+        given = list(args)
         try:
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)
         except UsageError as error:
-            _usage_error(error)
+            _usage_error(error, given)
 
 
 class _Group(TyperGroup):
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **kwargs: Any) -> Any:
+        given = list(args)
         try:
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)
         except UsageError as error:
-            _usage_error(error)
+            _usage_error(error, given)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
@@ -166,8 +184,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
 
     justify = list(justify or ["right"] * len(headers))
 
-    def build(columns: Sequence[int], part: str = "") -> Table:
-        table = Table(title=title + part, caption=caption)
+    def build(columns: Sequence[int], part: str = "", last: bool = True) -> Table:
+        table = Table(title=title + part, caption=caption if last else None)
         for index in columns:
             table.add_column(headers[index], justify=justify[index], no_wrap=True)  # type: ignore[arg-type]
         for row in rows:
@@ -190,7 +208,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
         else:
             panels.append([index])
     for number, columns in enumerate(panels, start=1):
-        console.print(build(keys + columns, f" ({number}/{len(panels)})"))
+        console.print(build(keys + columns, f" ({number}/{len(panels)})", last=number == len(panels)))
 
 
 def _natural_width(table: Any) -> int:

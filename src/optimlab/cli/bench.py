@@ -92,7 +92,8 @@ def _print_table(benchmark, report) -> None:
     info = report.machine
     caption = ("median ms per step (optimlab: the backend call; via optimlab.torch: the drop-in class); "
                "vs best torch > 1: optimlab faster; GB/s of useful traffic")
-    print_table(f"optimlab vs torch.optim — {info['cpu']}, {info['cores']} cores, "
-                f"roofline {report.roofline_gbps:.1f} GB/s", header, body, key_columns=2,
-                justify=["left" if index < 2 else "right" for index in range(len(header))],
-                caption=f"{benchmark.SMOKE_NOTE.upper()}; {caption}" if report.smoke else caption)
+    title = (f"optimlab vs torch.optim — {info['cpu']}, {info['cores']} cores, "
+             f"roofline {report.roofline_gbps:.1f} GB/s")
+    print_table(f"{title} — a smoke run: these timings mean nothing" if report.smoke else title, header, body,
+                key_columns=2, justify=["left" if index < 2 else "right" for index in range(len(header))],
+                caption=caption)
