@@ -13,6 +13,7 @@ f(x) = (2x − 10)²) or any Python expression of x and y, differentiated symbol
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,43 @@ def function(name_or_expression: str) -> Surface:
     return surface if surface is not None else expression_function(name_or_expression)
 
 
+def _check_arithmetic(expression: str) -> None:
+    """Refuse anything but numbers, names and SymPy's mathematical functions joined by operators.
+
+    SymPy's `parse_expr` evaluates its input with `eval`: without this check `__import__('os')...` would run.
+    """
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
+        raise ValueError(f"Invalid function: {expression!r} is not a Python expression of x and y "
+                         f"({type(error).__name__})") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else None
+            if name is None or node.keywords or not _is_math_function(name):
+                raise ValueError(f"Invalid function: {expression!r} calls {ast.unparse(node.func)}, which is not "
+                                 "a mathematical function (sin, exp, log, sqrt, Abs, ...)")
+        elif not isinstance(node, _ARITHMETIC) or isinstance(node, ast.Name) and node.id.startswith("_"):
+            shown = ast.unparse(node) if isinstance(node, ast.expr) else type(node).__name__
+            raise ValueError(f"Invalid function: {expression!r} is not arithmetic of x and y (it holds {shown})")
+        elif isinstance(node, ast.Constant) and (isinstance(node.value, bool)
+                                                 or not isinstance(node.value, (int, float))):
+            raise ValueError(f"Invalid function: {expression!r} holds {node.value!r}, which is not a number")
+
+
+#: The syntax an expression may use: numbers, names, operators, calls (checked by `_is_math_function`).
+_ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Constant, ast.Name, ast.Load, ast.operator,
+               ast.unaryop)
+
+
+def _is_math_function(name: str) -> bool:
+    """SymPy's functions of expressions (sin, exp, log, Abs, Max, gamma, ...) and its roots (sqrt, cbrt, root)."""
+    import sympy
+    from sympy.core.function import FunctionClass
+
+    return name in ("sqrt", "cbrt", "root") or isinstance(getattr(sympy, name, None), FunctionClass)
+
+
 def expression_function(expression: str) -> Surface:
     """A Python expression of x and y (e.g. ``"x**2/20 + y**2"``) as a surface with its exact gradient.
 
@@ -43,6 +81,7 @@ def expression_function(expression: str) -> Surface:
     from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
     x, y = sympy.symbols("x y", real=True)
+    _check_arithmetic(expression)
     try:
         parsed = parse_expr(expression, local_dict={"x": x, "y": y}, transformations=standard_transformations)
     except Exception as error:  # SymPy raises many kinds (SyntaxError, TokenError, TypeError, ...)
@@ -118,11 +157,14 @@ def trace_run(optimizer: str, surface: Surface | str, start: Sequence[float] | N
 
     The rows are ``{"t", "g", <rule quantities>, "update", "x", "f"}``, each value a float for 1-D functions
     or a list of floats (one per variable); a diverging run keeps the finite rows only. Hyperparameters are
-    validated.
+    validated; a start where f is not finite is a `ValueError`.
     """
     surface = function(surface) if isinstance(surface, str) else surface
     result = run(surface, optimizer, hyperparameters, start, steps)
     broken = divergence(result)
+    if broken is not None and broken.step == 0:  # nothing diverged: there was no finite point to start from
+        raise ValueError(f"Invalid start: {_plain(result.path[0].tolist())} (f is {float(result.loss[0])} there, "
+                         "not a finite number)")
     return Trace(_rows(result)[:result.steps if broken is None else broken.last_finite_step], broken)
 
 

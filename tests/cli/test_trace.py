@@ -120,3 +120,39 @@ def test_the_table_fits_an_80_column_terminal_with_every_digit(monkeypatch, argu
     x = [float(value) for key, value in last.items() if key == "x" or key.startswith("x_")]
     shown = f"{x[0]:.10g}" if len(x) == 1 else "(" + ", ".join(f"{value:.10g}" for value in x) + ")"
     assert f" {shown} │" in text  # x_T whole, on one line
+
+
+@pytest.mark.parametrize("expression", ['__import__("os").system("touch pwned")', 'sympify("x")', "x.real",
+                                        "[x][0]", "lambda: x", '"x"', "True * x", "_x"])
+def test_an_expression_is_arithmetic_checked_before_sympy_evaluates_it(tmp_path, monkeypatch, expression):
+    monkeypatch.chdir(tmp_path)
+    result = _run("sgd", "--function", expression)
+    assert result.exit_code == 2 and result.stderr.startswith("error: Invalid function: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mathematical_functions_are_accepted():
+    result = _run("sgd", "--function", "sin(x)*exp(-y**2) + sqrt(x**2 + 1) + Abs(y) + Max(x, y) + pi",
+                  "--start", "1,1", "--steps", "1", "--format", "json")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("expression", "start"), [("log(x)", "0"), ("x**0.5", "-1")])
+def test_a_start_where_f_is_not_finite_is_refused(expression, start):
+    result = _run("adam", "--function", expression, "--start", start)
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"error: Invalid start: {float(start)} (f is ")
+
+
+def test_a_size_that_does_not_fit_in_memory_is_one_line(monkeypatch):
+    import optimlab.tracing
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 745. GiB for an array with shape (100000000001, 1, 1)")
+
+    monkeypatch.setattr(optimlab.tracing, "trace_run", too_big)
+    result = _run("adam", "--steps", "100000000000")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: not enough memory: Unable to allocate 745. GiB for an array with shape " \
+                                    "(100000000001, 1, 1)"

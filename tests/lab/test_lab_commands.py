@@ -110,3 +110,16 @@ def test_paths_refuses_a_start_outside_the_surface_box_before_writing(tmp_path, 
         "optimizers": [{"name": "sgd"}]})
     assert answer.status_code == 422
     assert lines[0] == f"error: {answer.json()['detail'][0]['msg']}"  # one check, one message
+
+
+def test_a_failed_computation_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import optimlab.lab.paths
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 291. TiB")
+
+    monkeypatch.setattr(optimlab.lab.paths, "lr_sweeps", too_big)
+    out = tmp_path / "figures"
+    result = invoke("paths", "--steps", "100000000000", "--no-gif", "--out", out)
+    assert result.exit_code == 2 and result.stderr.strip() == "error: not enough memory: Unable to allocate 291. TiB"
+    assert not out.exists()

@@ -130,10 +130,11 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def one_line_errors(command: Command) -> Command:
-    """Turn the `ValueError` and `OSError` that `command` raises into one line and exit status 2.
+    """Turn the `ValueError`, `OSError` and `MemoryError` that `command` raises into one line and exit status 2.
 
     A `ValueError` from the library names the argument and the value already; an `OSError` is a file the
-    command could not write (a full disk, a folder that became read-only): its path and the reason.
+    command could not write (a full disk, a folder that became read-only): its path and the reason; a
+    `MemoryError` is a size asked for that does not fit (`--steps 100000000000`).
     """
 
     @functools.wraps(command)
@@ -145,6 +146,8 @@ def one_line_errors(command: Command) -> Command:
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
             fail(f"cannot write {where}{error.strerror or error}")
+        except MemoryError as error:  # numpy names the array it could not allocate
+            fail(f"not enough memory: {error or 'ask for fewer steps or a smaller sweep'}")
 
     return checked  # type: ignore[return-value]
 

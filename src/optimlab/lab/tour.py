@@ -30,6 +30,13 @@ TOUR_SURFACES: tuple[str, ...] = ("ellipse", "rosenbrock", "beale", "saddle", "r
 Announce = Callable[[str], None]
 
 
+def _folder(out: Path | str) -> Path:
+    """`out`, created if missing, once there is something to write into it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _say(announce: Announce | None, message: str) -> None:
     if announce is not None:
         announce(message)
@@ -46,9 +53,7 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
     were swept, `lr-sweep-<name>.png`.
     """
     surface_ = lookup_surface(surface)
-    start = paths.check_start(surface_, start)  # refused before anything is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start = paths.check_start(surface_, start)
     steps = STEPS.get(surface_.name, 100) if steps is None else steps
     name = name or surface_.name
     given = dict(lrs or {})
@@ -58,6 +63,7 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
          else f"{surface_.name}: running {len(given)} optimizers")
     sweeps = paths.lr_sweeps(surface_, swept, steps, grid, start)
     runs = paths.compare(surface_, optimizers, given, steps, start, sweeps)
+    out = _folder(out)  # only now: a refused or failed computation leaves no folder behind
     files = [paths.plot_paths(surface_, runs, out / f"paths-{name}.png").name,
              paths.write_paths_csv(runs, out / f"paths-{name}.csv").name]
     body = [f"<p>{note or surface_.description}</p>",
@@ -111,9 +117,8 @@ def train_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZE
                      hidden: int = 64, seed: int = 0, span: int = 20,
                      on_step: Callable[[str], None] | None = None) -> Section:
     """Train the digits MLP with each optimizer; writes `train-curves.png` and `train-metrics.csv`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = train.train_all(optimizers, lrs, epochs, batch_size, hidden, seed, on_step)
+    out = _folder(out)
     picture = train.plot_training(runs, out / "train-curves.png", span).name
     data = train.write_training_csv(runs, out / "train-metrics.csv", span).name
     rows = [[label(name), format_lr(result.lr), f"{result.test_loss[-1]:.4f}", f"{result.test_accuracy[-1]:.2%}",
@@ -132,10 +137,9 @@ def sparse_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZ
                       lrs: Mapping[str, float] | None = None, samples: int = 5000, density: float = 0.01,
                       noise: float = 0.1, tolerance: float = 0.1, seed: int = 0) -> Section:
     """The notes' sparse-feature argument; writes `sparse-errors.png`, `sparse-weights.csv`, `sparse-summary.csv`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     problem = sparse.make_problem(samples, density, noise, seed)
     runs = sparse.race(problem, optimizers, lrs, tolerance)
+    out = _folder(out)
     picture = sparse.plot_sparse(problem, runs, out / "sparse-errors.png").name
     data = sparse.write_sparse_csv(runs, out / "sparse-weights.csv").name
     summary = sparse.summary_rows(runs)
