@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .app import OUT_OPTION, app, console, error_console, fail, one_line_errors
+from .app import OUT_OPTION, app, console, error_console, fail, one_line_errors, print_table
 
 _OPTIMIZERS_HELP = "comma-separated optimizers (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw)"
 _LR_HELP = "learning rates: one number for all, or name=value pairs, e.g. sgd=0.95,adam=0.3"
@@ -104,7 +104,8 @@ def paths(
     optimizers: str = typer.Option(_NOTES, help=_OPTIMIZERS_HELP),
     lr: str = typer.Option(None, help=_LR_HELP + "; the others are swept"),
     steps: int = typer.Option(None, help="steps per optimizer (default: per surface, e.g. 30 on the ellipse)"),
-    start: str = typer.Option(None, help="start point, comma-separated (default: the surface's)"),
+    start: str = typer.Option(None, help="start point, comma-separated, inside the surface's box (default: the "
+                                         "surface's own)"),
     sweep_size: int = typer.Option(200, help="learning rates per sweep (log-spaced from 1e-3 to 10)"),
     gif: bool = typer.Option(True, "--gif/--no-gif", help="also write the animated GIF (2-D surfaces)"),
     out: Path = OUT_OPTION,
@@ -210,17 +211,12 @@ def sparse(
 def _print_summary(path: Path, tolerance: float) -> None:
     import csv
 
-    from rich.table import Table
-
-    table = Table(title=f"steps until the error stays below {tolerance:g}")
-    for header in ("optimizer", "lr", "dense weights", "w₂ (sparse)", "all", "final |w₂ − w₂*|"):
-        table.add_column(header, justify="right")
     with path.open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            table.add_row(row["optimizer"], f"{float(row['lr']):.3g}", row["dense_steps"] or "never",
-                          row["sparse_steps"] or "never", row["all_steps"] or "never",
-                          f"{float(row['final_sparse_error']):.3g}")
-    console.print(table)
+        rows = [[row["optimizer"], f"{float(row['lr']):.3g}", row["dense_steps"] or "never",
+                 row["sparse_steps"] or "never", row["all_steps"] or "never", f"{float(row['final_sparse_error']):.3g}"]
+                for row in csv.DictReader(handle)]
+    print_table(f"steps until the error stays below {tolerance:g}",
+                ["optimizer", "lr", "dense weights", "w₂ (sparse)", "all", "final |w₂ − w₂*|"], rows)
 
 
 @app.command(epilog="""Examples:\n\n
