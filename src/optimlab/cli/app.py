@@ -7,8 +7,8 @@ Every mistake a user can make ends the same way: one line on stderr, `error: <wh
 status 2. The pieces a command uses for that:
 
 * `fail(message)`: print that line and exit;
-* `@one_line_errors` (under `@app.command`): a `ValueError` the library raises, or an `OSError` of a file the
-  command could not write, becomes that line;
+* `@one_line_errors` (under `@app.command`): a `ValueError` the library raises, an `OSError` of a file the
+  command could not write, or a `MemoryError` of a size that does not fit, becomes that line;
 * `OUT_OPTION`: the `--out` folder option, checked (`output_folder`) before the command starts;
 * Click's own usage errors (an unknown option, `--steps abc`, a missing argument) are printed the same way by
   the command classes below.
@@ -180,8 +180,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     """Print a table without eliding or folding a digit.
 
     In a terminal narrower than the table the columns are dealt out over several tables, each repeating the
-    first `key_columns` (the step, the workload): every number stays on one line. Piped output gets the width
-    the table needs.
+    first `key_columns` (the step, the workload): every number stays on one line (a single column wider than
+    the terminal folds). Piped output gets the width the table needs.
     """
     from rich.table import Table
 
@@ -190,7 +190,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     def build(columns: Sequence[int], part: str = "", last: bool = True) -> Table:
         table = Table(title=title + part, caption=caption if last else None)
         for index in columns:
-            table.add_column(headers[index], justify=justify[index], no_wrap=True)  # type: ignore[arg-type]
+            # a column wider than the terminal on its own folds (digits kept), never elides
+            table.add_column(headers[index], justify=justify[index], overflow="fold")  # type: ignore[arg-type]
         for row in rows:
             table.add_row(*(row[index] for index in columns))
         return table
