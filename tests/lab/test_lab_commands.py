@@ -74,6 +74,8 @@ def test_tour_writes_the_report(tmp_path, monkeypatch, check):
     (("paths", "--lr", "sgd=-1"), "Invalid lr: -1.0"),
     (("paths", "--start", "1,2,3"), "Invalid --start"),
     (("paths", "--preset", "nope"), "Invalid --preset"),
+    (("paths", "--preset", "notes", "--start", "3", "--steps", "9"), "--preset notes sets the surface, lrs and "
+                                                                    "steps itself: drop --start, --steps"),
     (("train", "--optimizers", "lion"), "Invalid optimizer: 'lion'"),
     (("train", "--epochs", "0"), "Invalid sizes"),
     (("sparse", "--density", "0"), "Invalid sparse problem"),

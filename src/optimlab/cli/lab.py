@@ -124,6 +124,10 @@ def paths(
         fail(f"Invalid --sweep-size: {sweep_size} (must be >= 1)")
     if preset is not None and preset not in PRESETS:
         fail(f"Invalid --preset: {preset!r} (expected one of {', '.join(PRESETS)})")
+    overridden = [name for name, value in (("--start", start), ("--lr", lr), ("--steps", steps)) if value is not None]
+    if preset is not None and overridden:
+        fail(f"--preset {preset} sets the surface, lrs and steps itself: drop {', '.join(overridden)} "
+             "(or the preset)")
     chosen = lookup_surface(surface)
     point = _start(start)
     if point is not None and len(point) != chosen.dim:
