@@ -189,7 +189,8 @@ class SurfaceInfo(BaseModel):
     steps: int = Field(description="the steps the defaults were chosen for, and the page's steps on it")
     defaults: dict[str, dict[str, bool | float | list[float]]] = Field(
         description="optimizer name -> its hyperparameters on this surface: PyTorch's defaults, with the lr its "
-                    "lab sweep scores best over `steps` steps from `start` (optimlab.lab.defaults)",
+                    "lab sweep scores best over `steps` steps from `start` (optimlab.lab.defaults), to three "
+                    "significant digits",
         examples=[{"sgd": {"lr": 0.78, "weight_decay": 0.0, "maximize": False}}])
 
 
