@@ -157,6 +157,7 @@ def _clipped(page):
     }""")
 
 
+@pytest.mark.slow
 def test_every_surface_gets_its_defaults_and_a_readable_chart(browser, live_server):
     """Switching surfaces used to keep the ellipse's lrs: SGD and Momentum diverged on Rosenbrock and Beale, the
     f(x_t) axis filled with hundreds of decade labels and Plotly logged errors for coordinates like 1e200."""
@@ -212,9 +213,8 @@ def test_steps_zero_is_refused_with_a_clear_message_then_forgotten(browser, live
     assert errors == []
 
 
-@pytest.mark.parametrize("fragment", ["surface=toString", "surface=__proto__&constructor=1&toString=lr:2",
-                                      "surface=hasOwnProperty&steps=valueOf&sgd=lr:toString,__proto__:1",
-                                      "surface=%E0%A4%A&steps=%"])
+@pytest.mark.parametrize("fragment", ["surface=toString",
+                                      "surface=__proto__&steps=%&constructor=1&sgd=lr:toString,__proto__:1"])
 def test_a_link_naming_prototype_properties_loads_the_default_view(browser, live_server, fragment):
     """`#surface=toString` found Object.prototype.toString "in" the surfaces and killed the page."""
     page, errors = _open(browser, f"{live_server}/#{fragment}")
@@ -226,7 +226,7 @@ def test_a_link_naming_prototype_properties_loads_the_default_view(browser, live
 
 
 def test_screenshot(browser, live_server, tmp_path):
-    """The README's picture: the DLFS quartet with Adam's step 12 under the pointer."""
+    """The README's picture: four optimizers at their ellipse defaults, Adam's step 12 under the pointer."""
     page, errors = _open(browser, live_server, width=1440, height=940)
     page.mouse.move(*_pixel(page, *_trajectories(page)["Adam"][12]))
     page.locator('#trace .card[data-optimizer="adam"] thead', has_text="t = 12").wait_for(timeout=5_000)
