@@ -13,7 +13,8 @@ a diverging run is cut before its first non-finite value, so every answer is val
 No body makes it answer 500: a body nested too deeply for Python's parser, or holding a lone surrogate, is a
 422 like any other invalid one. The guards (`guards.py`) refuse a foreign Host header (400), a body over
 `MAX_BODY_BYTES` (413) or too slow (408), and more than `MAX_RUNS_IN_FLIGHT` runs at once (503, Retry-After);
-`server.py` adds the connection timeouts.
+`server.py` adds the connection timeouts. Runs and grids are computed in worker processes (`workers.py`), so the
+event loop answers everything else at once however busy they are.
 """
 
 from __future__ import annotations
@@ -248,11 +249,6 @@ class RunPlan:
     start: list[float]
     steps: int
     optimizers: list[tuple[str, dict[str, Any]]]
-
-
-def simulate(request: RunRequest) -> RunResponse:
-    """Check the request (`plan`), then run every optimizer (`execute`)."""
-    return execute(plan(request))
 
 
 def run_json(checked: RunPlan) -> str:

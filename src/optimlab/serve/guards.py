@@ -61,8 +61,8 @@ class HostCheck:
 class RunLimit:
     """At most `limit` requests to the `paths` that compute (runs, grids) in flight; more get 503 at once.
 
-    A slot is held until the answer is sent, including a run whose client went away (its thread cannot be
-    stopped), so `limit` bounds the worker threads busy and the memory held at once. The 503 carries
+    A slot is held until the answer is sent, including a run whose client went away (its worker finishes it),
+    so `limit` bounds the workers busy and the memory held at once. The 503 carries
     `Retry-After: 1`: runs take milliseconds to a second.
     """
 
