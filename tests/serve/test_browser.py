@@ -162,7 +162,7 @@ def test_every_surface_gets_its_defaults_and_a_readable_chart(browser, live_serv
     """Switching surfaces used to keep the ellipse's lrs: SGD and Momentum diverged on Rosenbrock and Beale, the
     f(x_t) axis filled with hundreds of decade labels and Plotly logged errors for coordinates like 1e200."""
     surfaces = _surfaces(live_server)
-    page, errors = _open(browser, live_server)
+    page, errors = _open(browser, live_server, width=920)  # the narrowest two-column layout
     runs = 1
     for name, surface in surfaces.items():
         if page.locator("#surface").input_value() != name:
@@ -222,6 +222,29 @@ def test_a_link_naming_prototype_properties_loads_the_default_view(browser, live
     drawn = _trajectories(page)
     assert list(drawn) == (["SGD"] if "sgd=" in fragment else DEFAULT_TICKED)
     assert all(points[0] == (-7.0, 2.0) for points in drawn.values())
+    assert errors == []
+
+
+def test_a_busy_server_is_waited_out(browser, live_server):
+    """A 503 (runs in flight at the bound) is retried after its Retry-After, and says so meanwhile."""
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, answered = [], []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def busy_once(route):
+        answered.append(route.request.url)
+        if len(answered) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                          body='{"detail": "busy: 4 runs in flight; retry in a second"}')
+        else:
+            route.continue_()
+
+    page.route("**/api/run", busy_once)
+    page.goto(f"{live_server}/#surface=notes&sgd&adam")
+    page.locator("#status", has_text="The server is busy: trying again in 1 s").wait_for(timeout=10_000)
+    _wait_for_runs(page, 1)
+    assert len(answered) == 2 and page.locator("#status.error").count() == 0
+    assert list(_trajectories(page)) == ["SGD", "Adam"]
     assert errors == []
 
 

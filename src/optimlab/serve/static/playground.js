@@ -249,7 +249,8 @@ function readHash() {
   const given = new Map();
   for (const part of location.hash.slice(1).split("&")) {
     const at = part.indexOf("=");
-    if (at > 0) given.set(decode(part.slice(0, at)), decode(part.slice(at + 1)));
+    if (at < 0) given.set(decode(part), "");  // "#sgd&adam" ticks the two at their defaults
+    else if (at > 0) given.set(decode(part.slice(0, at)), decode(part.slice(at + 1)));
   }
   return given;
 }
@@ -469,7 +470,8 @@ function drawSurface() {
                marker: {symbol: "circle-open", size: 14, color: "#111", line: {width: 2.5}}, hoverinfo: "skip"});
   const layout = {
     font: FONT, margin: {l: 48, r: 12, t: 34, b: 40}, dragmode: false, hovermode: "closest", showlegend: false,
-    title: {text: `${surface.title}: ${surface.formula}`, font: {size: 13}, x: 0.02},
+    // the title alone: Beale's formula does not fit a narrow chart (the controls show it)
+    title: {text: surface.title, font: {size: 13}, x: 0.02},
     xaxis: {range: surface.bounds[0], fixedrange: true, title: {text: "x"}, zeroline: false},
     yaxis: {range: [yLow, yHigh], fixedrange: true, title: {text: surface.dim === 2 ? "y" : "f(x)"},
             zeroline: false},
