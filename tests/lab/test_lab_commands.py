@@ -107,7 +107,7 @@ def test_paths_refuses_a_start_outside_the_surface_box_before_writing(tmp_path, 
     assert len(lines) == 1 and "Traceback" not in result.output
     assert lines[0].startswith("error: Invalid start: ") and f"lies outside {surface}'s bounds" in lines[0]
     assert not out.exists()
-    answer = TestClient(create_app()).post("/api/run", json={
+    answer = TestClient(create_app(), base_url="http://127.0.0.1").post("/api/run", json={
         "surface": surface, "start": [float(value) for value in start.split(",")],
         "optimizers": [{"name": "sgd"}]})
     assert answer.status_code == 422

@@ -1,9 +1,10 @@
-"""Fixtures for the browser tests: the playground served by uvicorn on a free loopback port, and Chromium.
+"""Fixtures for the server and browser tests: the playground served by uvicorn on a free loopback port, and
+Chromium.
 
-The server runs in a thread of the test process (no second interpreter to start) on a socket bound to port 0;
-it is shut down when the module's tests are done. Chromium is Debian's, driven by Playwright: the tests fail,
-never skip, when it is missing, because CI installs it (`make test` depends on `make browser`).
-"""
+The server runs in a thread of the test process (no second interpreter to start) on a socket bound to port 0,
+configured as `optimlab serve` configures it (`serving`); it is shut down when the module's tests are done.
+Chromium is Debian's, driven by Playwright: the tests fail, never skip, when it is missing, because CI installs
+it (`make test` depends on `make browser`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[str]:
-    """The playground's base URL, e.g. ``http://127.0.0.1:40123``."""
-    import uvicorn
-
-    from optimlab.serve import create_app
+@contextmanager
+def serving(app: Any, **options: Any) -> Iterator[str]:
+    """`app` under `playground_server(app, **options)` on a free loopback port: its base URL."""
+    from optimlab.serve.server import playground_server
 
     listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
+    server = playground_server(app, **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -40,10 +40,21 @@ def live_server() -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             pytest.fail("uvicorn did not start", pytrace=False)
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    listener.close()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[str]:
+    """The playground's base URL, e.g. ``http://127.0.0.1:40123``, served as `optimlab serve` serves it."""
+    from optimlab.serve import create_app
+
+    with serving(create_app()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

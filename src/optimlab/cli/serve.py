@@ -28,15 +28,15 @@ def serve(
     warning = exposure_warning(host)
     if warning:
         error_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    import uvicorn
-
     from ..serve import create_app
+    from ..serve.server import playground_server
 
     address, bound_port = listener.getsockname()[:2]
     shown = f"[{address}]" if listener.family == socket.AF_INET6 else address
     console.print(f"optimlab playground on http://{shown}:{bound_port}  (API docs at /docs; Ctrl+C stops it)",
                   highlight=False, soft_wrap=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
+    # On loopback only this machine's names are answered (DNS rebinding); elsewhere the user chose the exposure.
+    server = playground_server(create_app(check_host=warning is None))
     server.run(sockets=[listener])
 
 

@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from . import paths, sparse, train
+from .defaults import STEPS  # steps shown per surface when none are given
 from .report import Section, figure, link, raw, table, write_report
 from .style import NOTES_OPTIMIZERS, format_lr, label
 from .surfaces import Surface, lookup_surface
 from .sweep import run, sweep
 
-#: Steps shown per surface when none are given: enough for each picture to tell its story.
-STEPS: dict[str, int] = {"notes": 30, "ellipse": 30, "rosenbrock": 300, "beale": 200, "saddle": 60,
-                         "rastrigin": 100}
 #: The surfaces the tour sweeps and draws besides the two presets.
 TOUR_SURFACES: tuple[str, ...] = ("ellipse", "rosenbrock", "beale", "saddle", "rastrigin")
 

@@ -1,6 +1,7 @@
 """The playground's FastAPI application: one page (`/`), its static files, Plotly.js, and a JSON API.
 
-    GET  /api/surfaces             the test surfaces (`optimlab.lab.surfaces`)
+    GET  /api/surfaces             the test surfaces (`optimlab.lab.surfaces`), each with every optimizer's
+                                   default hyperparameters on it (`optimlab.lab.defaults`)
     GET  /api/surfaces/{name}/grid f on a grid, for the contour plot
     GET  /api/optimizers           each optimizer's hyperparameters, defaults and slider ranges
     POST /api/run                  trajectories + per-step trace of several optimizers (`optimlab.lab.run`)
@@ -8,33 +9,47 @@
 Everything runs on the lab's `run`, which evaluates the rules themselves: the page shows exactly the numbers
 `optimlab trace` prints. Inputs are bounded (`models.MAX_*`), invalid ones get HTTP 422 naming the field, and
 a diverging run is cut before its first non-finite value, so every answer is valid JSON.
+
+No body makes it answer 500: a body nested too deeply for Python's parser, or holding a lone surrogate, is a
+422 like any other invalid one. The guards (`guards.py`) refuse a foreign Host header (400), a body over
+`MAX_BODY_BYTES` (413) or too slow (408), and more than `MAX_RUNS_IN_FLIGHT` runs at once (503, Retry-After);
+`server.py` adds the connection timeouts. Runs and grids are computed in worker processes (`workers.py`), so the
+event loop answers everything else at once however busy they are.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..lab import Run, run
+from ..lab.defaults import steps_for, surface_defaults
 from ..lab.paths import check_start
 from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
 from ..rules import OPTIMIZERS
 from ..tracing import divergence
+from .guards import BodyLimit, HostCheck, RunLimit
 from .models import (
+    BODY_TIMEOUT,
     MAX_BODY_BYTES,
+    MAX_RUNS_IN_FLIGHT,
     MAX_TOTAL_STEPS,
-    PLAYGROUND_LR,
     BadRequest,
+    Busy,
     HyperparameterInfo,
     OptimizerInfo,
     RunRequest,
@@ -45,16 +60,34 @@ from .models import (
     SurfaceName,
     control_for,
 )
+from .workers import WorkerPool
 
 
-def create_app() -> FastAPI:
-    """The playground application (serve it with uvicorn, or test it with FastAPI's `TestClient`)."""
+def create_app(check_host: bool = True, max_runs_in_flight: int = MAX_RUNS_IN_FLIGHT,
+               body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The playground application (serve it with `server.playground_server`, or test it with `TestClient`).
+
+    With `check_host` it answers only requests whose Host header names this machine (`guards.loopback_host`):
+    right for a server bound to loopback; `optimlab serve --host` turns it off for any other address. At most
+    `max_runs_in_flight` runs or grids are computed at once; more get 503 with Retry-After. A body must arrive
+    within `body_timeout` seconds (else 408).
+    """
+    workers = WorkerPool(max_runs_in_flight)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers.start()
+        yield
+        workers.shutdown()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="optimlab playground",
         version="1",
         description="Run SGD, Momentum, AdaGrad, RMSProp and Adam on test surfaces and get every step's "
                     "intermediate quantities — the numbers behind the page at `/`.",
     )
+    app.router.route_class = ParsedBodyRoute
     page = (resources.files(__package__) / "static" / "index.html").read_text(encoding="utf-8")
     plotly_js = resources.files("plotly") / "package_data" / "plotly.min.js"
 
@@ -70,20 +103,28 @@ def create_app() -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, validation_error)
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    # Added inner first: a request meets HostCheck, then RunLimit, then BodyLimit.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=body_timeout)
+    app.add_middleware(RunLimit, limit=max_runs_in_flight, paths=r"/api/run|/api/surfaces/[^/]+/grid")
+    if check_host:
+        app.add_middleware(HostCheck)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
 
-    @app.get("/api/surfaces", response_model=list[SurfaceInfo], tags=["surfaces"])
-    def surfaces() -> list[SurfaceInfo]:
-        """The test surfaces: formula, default start, bounds (starts must lie inside), minimum."""
-        return [surface_info(surface) for surface in SURFACES.values()]
+    listed = [surface_info(surface) for surface in SURFACES.values()]  # the defaults' sweeps run here, once
 
-    @app.get("/api/surfaces/{name}/grid", response_model=SurfaceGrid, tags=["surfaces"])
-    def grid(name: Annotated[SurfaceName, Path(description="a surface name")],
-             resolution: Annotated[int, Query(ge=11, le=301, description="samples per variable")] = 101,
-             ) -> SurfaceGrid:
+    @app.get("/api/surfaces", response_model=list[SurfaceInfo], tags=["surfaces"])
+    async def surfaces() -> list[SurfaceInfo]:
+        """The test surfaces: formula, default start, bounds (starts must lie inside), minimum, and each
+        optimizer's default hyperparameters on it (the lr its sweep scores best over `steps` steps)."""
+        return listed
+
+    @app.get("/api/surfaces/{name}/grid", response_model=SurfaceGrid, tags=["surfaces"],
+             responses={503: {"model": Busy, "description": "too many runs in flight; retry after Retry-After"}})
+    async def grid(name: Annotated[SurfaceName, Path(description="a surface name")],
+                   resolution: Annotated[int, Query(ge=11, le=301, description="samples per variable")] = 101,
+                   ) -> Response:
         """f sampled on a `resolution`-point grid per variable over the surface's bounds."""
-        return surface_grid(SURFACES[name], resolution)
+        return Response(await workers.run(grid_json, name, resolution), media_type="application/json")
 
     @app.get("/api/optimizers", response_model=list[OptimizerInfo], tags=["optimizers"])
     def optimizers() -> list[OptimizerInfo]:
@@ -92,73 +133,89 @@ def create_app() -> FastAPI:
 
     @app.post("/api/run", response_model=RunResponse, tags=["optimizers"],
               responses={400: {"model": BadRequest, "description": "the body could not be read as JSON text"},
-                         413: {"model": BadRequest, "description": f"the body is over {MAX_BODY_BYTES} bytes"}})
-    def run_optimizers(request: RunRequest) -> RunResponse:
+                         408: {"model": BadRequest, "description": f"the body took over {BODY_TIMEOUT:g} s"},
+                         413: {"model": BadRequest, "description": f"the body is over {MAX_BODY_BYTES} bytes"},
+                         503: {"model": Busy, "description": "too many runs in flight; retry after Retry-After"}})
+    async def run_optimizers(request: RunRequest) -> Response:
         """Run each optimizer from the same start; return paths, losses and each step's trace.
 
         A run that diverges is cut before its first non-finite value and flagged (`diverged`, `message`).
         """
-        return simulate(request)
+        # Checked here (a 422 costs no worker); run and encoded to JSON in a worker process.
+        return Response(await workers.run(run_json, plan(request)), media_type="application/json")
 
     return app
 
 
-class BodyLimit:
-    """Refuse a request body over `limit` bytes with 413 (the largest valid one is ~10 kB).
+class ParsedBodyRoute(APIRoute):
+    """A route whose JSON body, nested too deeply for Python's parser (~1000 levels), gets 422 saying so.
 
-    A declared `Content-Length` is checked before anything is read; a body without one (chunked) is counted
-    as it arrives and refused as soon as it passes the limit, so no request can make the server buffer more.
+    FastAPI answers that `RecursionError` with a bare 400 "error parsing the body"; it is valid JSON, so it is
+    an invalid request like any other.
     """
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = f"request body over {self.limit} bytes"
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await JSONResponse(status_code=413, content={"detail": too_large})(scope, receive, send)
-            return
-        received = 0
+        async def handle_nesting(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except StarletteHTTPException as error:  # what FastAPI raises, the base of its own HTTPException
+                if isinstance(error.__cause__, RecursionError):
+                    raise _invalid(("body",), "JSON nested too deeply to read", None) from None
+                raise
 
-        async def counted_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise HTTPException(status_code=413, detail=too_large)  # FastAPI answers it as it is
-            return message
-
-        await self.app(scope, counted_receive, send)
+        return handle_nesting
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 answer, except that a non-finite number echoed from the input (`NaN` is valid Python
-    JSON, not valid JSON) is written as a string, so that the answer itself is valid JSON."""
-    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(error.errors()))})
+    """FastAPI's 422 answer, with what it echoes of the input made safe to write as JSON (`_echo`)."""
+    return JSONResponse(status_code=422, content={"detail": _echo(error.errors())})
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
+#: Containers nested deeper than this in an echoed input are written as "…" (a valid body nests 5 levels).
+ECHO_DEPTH = 8
+
+
+def _echo(value: Any, depth: int = 0) -> Any:
+    """`value` as JSON can hold it: non-finite floats as strings (`NaN` is valid Python JSON, not valid JSON),
+    lone surrogates escaped (UTF-8 cannot encode them), containers cut at `ECHO_DEPTH` (a deeply nested input
+    would exhaust the recursion of any encoder), anything else as its `str`."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, (dict, list, tuple)) and depth >= ECHO_DEPTH:
+        return "…"
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
+        return {_echo(str(key)): _echo(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_echo(item, depth + 1) for item in value]
+    return _echo(str(value))
 
 
 def surface_info(surface: Surface) -> SurfaceInfo:
     """A surface as the API describes it."""
+    defaults = {optimizer: {name: list(value) if isinstance(value, tuple) else value
+                            for name, value in {**hyperparameters, "lr": _shown(hyperparameters["lr"])}.items()}
+                for optimizer, hyperparameters in surface_defaults(surface.name).items()}
     return SurfaceInfo(name=surface.name, title=surface.title, formula=surface.formula,
                        description=surface.description, dim=surface.dim, start=list(surface.start),
                        bounds=[tuple(bound) for bound in surface.bounds],
-                       minimum=None if surface.minimum is None else list(surface.minimum))
+                       minimum=None if surface.minimum is None else list(surface.minimum),
+                       steps=steps_for(surface.name), defaults=defaults)
+
+
+def grid_json(name: str, resolution: int) -> str:
+    """`surface_grid` of the surface called `name`, as JSON text (what a worker process sends back)."""
+    return surface_grid(SURFACES[name], resolution).model_dump_json()
+
+
+def _shown(lr: float) -> float:
+    """A default lr to three significant digits, as the page's box can show it (0.00383, not 0.0038274...)."""
+    return float(f"{lr:.3g}")
 
 
 def surface_grid(surface: Surface, resolution: int) -> SurfaceGrid:
@@ -183,14 +240,35 @@ def optimizer_info(name: str) -> OptimizerInfo:
             name=key, kind=kind, default=list(default) if isinstance(default, tuple) else default,
             description=control.description, low=control.low, high=control.high, scale=control.scale))
     return OptimizerInfo(name=name, title=label(name), color=color(name), rule=rule.name,
-                         playground_lr=PLAYGROUND_LR.get(name, rule.hyperparameters["lr"]),
                          hyperparameters=hyperparameters)
 
 
-def simulate(request: RunRequest) -> RunResponse:
-    """Validate the start and every optimizer's hyperparameters (by its rule), then run them all.
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked `RunRequest`: the start filled in, each optimizer's name and the hyperparameters it was given."""
 
-    Raises `RequestValidationError` (HTTP 422) naming the field, before any optimizer runs.
+    surface: str
+    start: list[float]
+    steps: int
+    optimizers: list[tuple[str, dict[str, Any]]]
+
+
+def run_json(checked: RunPlan) -> str:
+    """`execute(checked)` as JSON text (what a worker process sends back)."""
+    return execute(checked).model_dump_json()
+
+
+def execute(checked: RunPlan) -> RunResponse:
+    """Run each optimizer of a checked request from its start, in order."""
+    runs = [run_result(run(checked.surface, name, hyperparameters, checked.start, checked.steps))
+            for name, hyperparameters in checked.optimizers]
+    return RunResponse(surface=checked.surface, start=checked.start, runs=runs)
+
+
+def plan(request: RunRequest) -> RunPlan:
+    """Check the start and every optimizer's hyperparameters (by its rule), before anything runs.
+
+    Raises `RequestValidationError` (HTTP 422) naming the field.
     """
     total = request.steps * len(request.optimizers)
     if total > MAX_TOTAL_STEPS:
@@ -208,10 +286,8 @@ def simulate(request: RunRequest) -> RunResponse:
             named = re.match(r"Invalid (\w+)", str(error))
             location = ("body", "optimizers", index, "hyperparameters") + ((named.group(1),) if named else ())
             raise _invalid(location, str(error), hyperparameters) from None
-        given.append(hyperparameters)
-    runs = [run_result(run(surface, settings.name, hyperparameters, start, request.steps))
-            for settings, hyperparameters in zip(request.optimizers, given, strict=True)]
-    return RunResponse(surface=surface.name, start=start, runs=runs)
+        given.append((settings.name, hyperparameters))
+    return RunPlan(surface.name, start, request.steps, given)
 
 
 def run_result(result: Run) -> RunResult:

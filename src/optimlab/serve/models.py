@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
 
-from ..lab.paths import PRESETS
 from ..lab.style import label
 from ..lab.surfaces import SURFACES
 from ..rules import OPTIMIZERS
@@ -24,6 +23,11 @@ MAX_STEPS = 10_000
 MAX_OPTIMIZERS = 16
 MAX_TOTAL_STEPS = 20_000
 MAX_BODY_BYTES = 1 << 20
+#: Seconds for a request body to arrive in full (a valid one is a few kB: it takes milliseconds).
+BODY_TIMEOUT = 10.0
+#: Runs (and grids) computed at once; more get 503 with Retry-After. They share one interpreter lock, so more
+#: at once would not finish sooner, only hold more memory and slow every other request.
+MAX_RUNS_IN_FLIGHT = 4
 
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 SurfaceName = Literal[tuple(SURFACES)]  # type: ignore[valid-type]
@@ -58,12 +62,6 @@ CONTROLS: dict[str, Control] = {
     "maximize": Control("climb instead of descend"),
     "decoupled_weight_decay": Control("decay θ directly (AdamW) instead of adding λθ to g"),
 }
-
-#: The page's starting learning rates: Deep Learning from Scratch §6.1.7's (the lab's "dlfs" preset: SGD 0.95,
-#: Momentum 0.1, AdaGrad 1.5, Adam 0.3 on its ellipse), where PyTorch's defaults would barely move in 30 steps;
-#: the variants start where their base optimizer does, RMSProp where Momentum does.
-PLAYGROUND_LR = {"nesterov": 0.1, "rmsprop": 0.1, "adamw": 0.3, **PRESETS["dlfs"].lrs}
-
 
 def control_for(name: str, default: Any) -> Control:
     """The page's control for hyperparameter `name` (a plain 0..max(1, 2·default) slider if unlisted)."""
@@ -128,7 +126,7 @@ class RunRequest(BaseModel):
     start: Annotated[list[FiniteFloat], Field(min_length=1, max_length=2)] | None = Field(
         None, description="start point, one coordinate per variable, inside the surface's bounds; "
                           "omitted: the surface's default start", examples=[[-7.0, 2.0]])
-    steps: int = Field(30, ge=1, le=MAX_STEPS, description="number of steps of each optimizer")
+    steps: StrictInt = Field(30, ge=1, le=MAX_STEPS, description="number of steps of each optimizer")
     optimizers: list[OptimizerSettings] = Field(
         min_length=1, max_length=MAX_OPTIMIZERS,
         description=f"the optimizers to run (at most {MAX_OPTIMIZERS}; steps × optimizers at most "
@@ -171,6 +169,12 @@ class BadRequest(BaseModel):
     detail: str = Field(examples=["There was an error parsing the body"])
 
 
+class Busy(BaseModel):
+    """Too many runs in flight (`MAX_RUNS_IN_FLIGHT`): retry after the seconds in the Retry-After header."""
+
+    detail: str = Field(examples=["busy: 4 runs in flight; retry in a second"])
+
+
 class SurfaceInfo(BaseModel):
     """A test surface: its formula, default start, the box the page shows (and starts must lie in), minimum."""
 
@@ -182,6 +186,12 @@ class SurfaceInfo(BaseModel):
     start: list[float] = Field(description="default start point")
     bounds: list[tuple[float, float]] = Field(description="(low, high) per variable")
     minimum: list[float] | None = Field(description="the global minimizer; null where unbounded below")
+    steps: int = Field(description="the steps the defaults were chosen for, and the page's steps on it")
+    defaults: dict[str, dict[str, bool | float | list[float]]] = Field(
+        description="optimizer name -> its hyperparameters on this surface: PyTorch's defaults, with the lr its "
+                    "lab sweep scores best over `steps` steps from `start` (optimlab.lab.defaults), to three "
+                    "significant digits",
+        examples=[{"sgd": {"lr": 0.78, "weight_decay": 0.0, "maximize": False}}])
 
 
 class SurfaceGrid(BaseModel):
@@ -212,5 +222,4 @@ class OptimizerInfo(BaseModel):
     title: str = Field(examples=["Adam"])
     color: str = Field(description="its colour in the lab's figures", examples=["#d62728"])
     rule: str = Field(description="the rule it evaluates (Nesterov is the momentum rule, AdamW Adam's)")
-    playground_lr: float = Field(description="the page's starting learning rate (Deep Learning from Scratch's)")
     hyperparameters: list[HyperparameterInfo]

@@ -1,8 +1,13 @@
 // optimlab playground: pick a surface, tick optimizers, click the plot to start there, watch them race.
 //
 // Every number comes from the server (POST /api/run), which runs the optimizers' own rules: this file only
-// draws. The settings live in the URL's hash (surface, steps, start, and each ticked optimizer's
-// hyperparameters), so a link reproduces the picture.
+// draws. Each surface comes with its own steps and every optimizer's default hyperparameters on it (the lr its
+// lab sweep scores best, GET /api/surfaces), which the page takes whenever the surface changes. The settings
+// live in the URL's hash (surface, steps, start, and each ticked optimizer's hyperparameters), so a link
+// reproduces the picture; the hash is read into a Map, so no name in it can reach an object's prototype.
+//
+// Sections: controls · the URL · fetching (503: wait and retry) · running · drawing (contour, loss, trace) ·
+// events. A new view draws from `state.response` in `drawRuns` and `selectStep`, like the two charts.
 "use strict";
 
 // Column headers of `optimlab trace`, for each rule's trace quantities.
@@ -21,17 +26,24 @@ const SLIDER_RESOLUTION = 1000;
 const BASE_TRACES = 3;
 // Longer paths are drawn as lines only: ten thousand SVG markers per optimizer would make the page crawl.
 const MARKED_POINTS = 500;
+const MAX_STEPS = 10000;
+// The loss axis shows at most this many decade labels; a wider range labels every n-th decade.
+const MAX_DECADE_TICKS = 8;
+// How often a request the server answers 503 (busy) is retried, after its Retry-After.
+const BUSY_RETRIES = 5;
 
 const state = {
-  surfaces: {},          // name -> SurfaceInfo
-  grids: {},             // name -> SurfaceGrid
+  surfaces: new Map(),   // name -> SurfaceInfo (with its steps and defaults)
+  grids: new Map(),      // name -> SurfaceGrid
   optimizers: [],        // OptimizerInfo, in the API's order
   surface: "ellipse",
   start: null,
   steps: 30,
   ticked: new Set(DEFAULT_TICKED),
-  values: {},            // optimizer -> {hyperparameter: value}
+  values: {},            // optimizer name (from the API) -> {hyperparameter: value}
   response: null,        // the last RunResponse drawn
+  drawn: [],             // per run of it: the points the charts show (`drawable`)
+  axis: null,            // the loss chart's y-axis for it (`lossAxis`)
   step: 0,
   focus: null,           // index of the run the pointer is on
   animation: 0,          // id of the running animation (0: none)
@@ -96,6 +108,7 @@ function realControl(id, label, control, read, write) {
   const sync = () => {
     slider.value = sliderPosition(control, read());
     box.value = read();
+    box.classList.remove("invalid");
   };
   slider.addEventListener("input", () => {
     write(sliderValue(control, Number(slider.value)));
@@ -134,7 +147,7 @@ function switchControl(id, label, control, read, write) {
 const syncs = [];
 
 function buildOptimizer(info) {
-  const values = state.values[info.name];
+  const values = () => state.values[info.name];  // replaced whenever the surface changes
   const tick = element("input", {type: "checkbox", id: `use-${info.name}`, "aria-label": `run ${info.title}`});
   const box = element("details", {class: "optimizer", "data-optimizer": info.name},
                       element("summary", {}, tick, element("span", {class: "swatch", style: `background:${info.color}`}),
@@ -154,11 +167,11 @@ function buildOptimizer(info) {
     if (hp.kind === "pair") {
       hp.default.forEach((_, index) => controls.push(realControl(
         `${id}-${index}`, `${hp.name === "betas" ? "beta" : `${hp.name} `}${index + 1}`, hp,
-        () => values[hp.name][index], (value) => { values[hp.name][index] = value; })));
+        () => values()[hp.name][index], (value) => { values()[hp.name][index] = value; })));
     } else if (hp.kind === "switch") {
-      controls.push(switchControl(id, hp.name, hp, () => values[hp.name], (value) => { values[hp.name] = value; }));
+      controls.push(switchControl(id, hp.name, hp, () => values()[hp.name], (value) => { values()[hp.name] = value; }));
     } else {
-      controls.push(realControl(id, hp.name, hp, () => values[hp.name], (value) => { values[hp.name] = value; }));
+      controls.push(realControl(id, hp.name, hp, () => values()[hp.name], (value) => { values()[hp.name] = value; }));
     }
     for (const control of controls) {
       target.append(control.row);
@@ -169,17 +182,31 @@ function buildOptimizer(info) {
   return box;
 }
 
-function defaults(info) {
+// An optimizer's hyperparameters on a surface: the surface's defaults for it, PyTorch's for any it lacks.
+function defaultsOn(surface, info) {
+  const given = Object.hasOwn(surface.defaults, info.name) ? surface.defaults[info.name] : {};
   const values = {};
-  for (const hp of info.hyperparameters) values[hp.name] = Array.isArray(hp.default) ? [...hp.default] : hp.default;
-  values.lr = info.playground_lr;
+  for (const hp of info.hyperparameters) {
+    const value = Object.hasOwn(given, hp.name) ? given[hp.name] : hp.default;
+    values[hp.name] = Array.isArray(value) ? [...value] : value;
+  }
   return values;
+}
+
+// Switch to surface `name`: its default start and steps, and every optimizer's defaults on it.
+function useSurface(name) {
+  const surface = state.surfaces.get(name);
+  state.surface = name;
+  state.start = [...surface.start];
+  state.steps = surface.steps;
+  for (const info of state.optimizers) state.values[info.name] = defaultsOn(surface, info);
 }
 
 function syncControls() {
   $("#surface").value = state.surface;
   $("#steps").value = state.steps;
-  const surface = state.surfaces[state.surface];
+  $("#steps").classList.remove("invalid");
+  const surface = state.surfaces.get(state.surface);
   $("#formula").textContent = surface.formula;
   $("#surface-description").textContent = surface.description;
   $("#start-text").textContent = `(${state.start.map(short).join(", ")})`;
@@ -209,23 +236,41 @@ function parseNumbers(text, count) {
   return numbers.length === count && numbers.every(Number.isFinite) ? numbers : null;
 }
 
-// Apply the hash over the current state; anything unreadable is ignored.
-function loadHash() {
-  if (location.hash.length < 2) return;
-  const entries = location.hash.slice(1).split("&").map((part) => {
+function decode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return "";  // a malformed %-escape: ignored like any other unreadable value
+  }
+}
+
+// The hash as a Map from name to text (a Map: "toString" or "__proto__" are names like any other).
+function readHash() {
+  const given = new Map();
+  for (const part of location.hash.slice(1).split("&")) {
     const at = part.indexOf("=");
-    return at < 0 ? [part, ""] : [decodeURIComponent(part.slice(0, at)), decodeURIComponent(part.slice(at + 1))];
-  });
-  const given = Object.fromEntries(entries);
-  if (given.surface in state.surfaces) state.surface = given.surface;
-  const surface = state.surfaces[state.surface];
-  state.start = (given.start && parseNumbers(given.start, surface.dim)) || [...surface.start];
-  const steps = Number(given.steps);
-  if (Number.isInteger(steps) && steps >= 1) state.steps = Math.min(steps, 10000);
-  const named = state.optimizers.filter((info) => info.name in given);
+    if (at < 0) given.set(decode(part), "");  // "#sgd&adam" ticks the two at their defaults
+    else if (at > 0) given.set(decode(part.slice(0, at)), decode(part.slice(at + 1)));
+  }
+  return given;
+}
+
+// The state a link describes: its surface (else the current one) with that surface's defaults, then the
+// link's steps, start and hyperparameters over them; anything unreadable is ignored.
+function loadHash() {
+  const given = readHash();
+  useSurface(state.surfaces.has(given.get("surface")) ? given.get("surface") : state.surface);
+  const surface = state.surfaces.get(state.surface);
+  const start = given.has("start") && parseNumbers(given.get("start"), surface.dim);
+  if (start && start.every((value, axis) => surface.bounds[axis][0] <= value && value <= surface.bounds[axis][1])) {
+    state.start = start;
+  }
+  const steps = Number(given.get("steps"));
+  if (Number.isInteger(steps) && steps >= 1) state.steps = Math.min(steps, MAX_STEPS);
+  const named = state.optimizers.filter((info) => given.has(info.name));
   if (named.length) state.ticked = new Set(named.map((info) => info.name));
   for (const info of named) {
-    for (const item of given[info.name].split(",")) {
+    for (const item of given.get(info.name).split(",")) {
       const [name, text = ""] = item.split(":");
       const hp = info.hyperparameters.find((candidate) => candidate.name === name);
       if (!hp) continue;
@@ -239,6 +284,37 @@ function loadHash() {
       }
     }
   }
+}
+
+// --- fetching ---------------------------------------------------------------------------------------------
+
+function wait(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    if (signal) {
+      signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        reject(new DOMException("aborted", "AbortError"));
+      }, {once: true});
+    }
+  });
+}
+
+// fetch, waiting out a 503 (the server's bound on runs in flight) for as long as its Retry-After asks.
+async function fetchAnswer(url, options = {}) {
+  for (let attempt = 1; ; attempt++) {
+    const response = await fetch(url, options);
+    if (response.status !== 503 || attempt > BUSY_RETRIES) return response;
+    const seconds = Number(response.headers.get("Retry-After")) || 1;
+    showStatus(`The server is busy: trying again in ${seconds} s (${attempt} of ${BUSY_RETRIES})`, false);
+    await wait(seconds, options.signal);
+  }
+}
+
+async function fetchJSON(url) {
+  const response = await fetchAnswer(url);
+  if (!response.ok) throw new Error(`${url} answered ${response.status}`);
+  return response.json();
 }
 
 // --- running ----------------------------------------------------------------------------------------------
@@ -267,6 +343,8 @@ async function run(animate) {
   stopAnimation();
   if (!body.optimizers.length) {
     state.response = null;
+    state.drawn = [];
+    state.axis = lossAxis([]);
     drawRuns();
     showStatus("Tick an optimizer to run it.", false);
     return;
@@ -279,7 +357,7 @@ async function run(animate) {
   let response;
   let answer;
   try {
-    response = await fetch("/api/run", {
+    response = await fetchAnswer("/api/run", {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
       signal: controller.signal,
     });
@@ -296,6 +374,8 @@ async function run(animate) {
     return;
   }
   state.response = answer;
+  state.axis = lossAxis(answer.runs);
+  state.drawn = answer.runs.map((result) => drawable(result, state.axis));
   drawRuns();
   if (animate) playAnimation(); else finishRun();
 }
@@ -361,8 +441,8 @@ function yRange(surface, grid) {
 }
 
 function drawSurface() {
-  const surface = state.surfaces[state.surface];
-  const grid = state.grids[state.surface];
+  const surface = state.surfaces.get(state.surface);
+  const grid = state.grids.get(state.surface);
   const [yLow, yHigh] = yRange(surface, grid);
   const traces = [];
   if (surface.dim === 2) {
@@ -390,7 +470,8 @@ function drawSurface() {
                marker: {symbol: "circle-open", size: 14, color: "#111", line: {width: 2.5}}, hoverinfo: "skip"});
   const layout = {
     font: FONT, margin: {l: 48, r: 12, t: 34, b: 40}, dragmode: false, hovermode: "closest", showlegend: false,
-    title: {text: `${surface.title}: ${surface.formula}`, font: {size: 13}, x: 0.02},
+    // the title alone: Beale's formula does not fit a narrow chart (the controls show it)
+    title: {text: surface.title, font: {size: 13}, x: 0.02},
     xaxis: {range: surface.bounds[0], fixedrange: true, title: {text: "x"}, zeroline: false},
     yaxis: {range: [yLow, yHigh], fixedrange: true, title: {text: surface.dim === 2 ? "y" : "f(x)"},
             zeroline: false},
@@ -402,11 +483,11 @@ function drawSurface() {
 
 function pointOf(result, t) {
   const point = result.path[t];
-  return state.surfaces[state.surface].dim === 2 ? point : [point[0], result.loss[t]];
+  return state.surfaces.get(state.surface).dim === 2 ? point : [point[0], result.loss[t]];
 }
 
 function drawStart() {
-  const grid = state.grids[state.surface];
+  const grid = state.grids.get(state.surface);
   const [x, y] = state.start.length === 2 ? state.start : [state.start[0], interpolate(grid.x, grid.z, state.start[0])];
   Plotly.restyle($("#contour"), {x: [[x]], y: [[y]]}, [2]);
 }
@@ -418,9 +499,85 @@ function interpolate(xs, ys, x) {
   return ys[index] + fraction * (ys[index + 1] - ys[index]);
 }
 
-function runTrace(result, upTo) {
+// `points` up to where they leave `box` ([low, high] per axis), the crossing drawn on its edge: a diverging
+// run's 1e200 would otherwise reach the SVG, which cannot draw it. Returns the points and whether it cut.
+function clip(points, box) {
+  const shown = [];
+  for (const point of points) {
+    if (point.every((value, axis) => box[axis][0] <= value && value <= box[axis][1])) {
+      shown.push(point);
+      continue;
+    }
+    if (shown.length) {
+      const from = shown[shown.length - 1];
+      let fraction = 1;
+      point.forEach((value, axis) => {
+        const [low, high] = box[axis];
+        if (value > high) fraction = Math.min(fraction, (high - from[axis]) / (value - from[axis]));
+        if (value < low) fraction = Math.min(fraction, (low - from[axis]) / (value - from[axis]));
+      });
+      shown.push(from.map((value, axis) => value + fraction * (point[axis] - value)));
+    }
+    return {points: shown, cut: true};
+  }
+  return {points: shown, cut: false};
+}
+
+// The contour plot's box widened by its own size on each side, as the lab's sweep scores a path: a path is
+// drawn until it leaves it (well off the plot).
+function pathBox() {
+  const surface = state.surfaces.get(state.surface);
+  const shown = surface.dim === 2 ? surface.bounds : [surface.bounds[0], yRange(surface, state.grids.get(state.surface))];
+  return shown.map(([low, high]) => [low - (high - low), high + (high - low)]);
+}
+
+// The loss axis: logarithmic where every f is positive, spanning the runs that did not diverge and every
+// start — a run that diverges leaves it, is cut at its edge and marked ×, and the others stay readable —
+// with at most MAX_DECADE_TICKS decade labels.
+function lossAxis(runs) {
+  let low = Infinity;
+  let high = -Infinity;
+  let positive = runs.length > 0;
+  for (const result of runs) {
+    result.loss.forEach((value, t) => {
+      if (value <= 0) positive = false;
+      if (t === 0 || !result.diverged) {
+        low = Math.min(low, value);
+        high = Math.max(high, value);
+      }
+    });
+  }
+  if (!runs.length) return {type: "linear", range: [0, 1]};
+  if (positive) {
+    let [bottom, top] = [Math.log10(low), Math.log10(high)];
+    if (top - bottom < 1) [bottom, top] = [(bottom + top) / 2 - 0.5, (bottom + top) / 2 + 0.5];
+    const decades = top - bottom;
+    const pad = 0.04 * decades;
+    return {type: "log", range: [bottom - pad, top + pad],
+            dtick: decades >= 2 ? Math.ceil(decades / MAX_DECADE_TICKS) : "D2"};  // D2: 1, 2, 5 per decade
+  }
+  const pad = 0.06 * (high - low || Math.abs(high) || 1);
+  return {type: "linear", range: [low - pad, high + pad]};
+}
+
+// What the charts show of one run: its path clipped to `pathBox`, its loss clipped to the loss axis (in the
+// axis's own units, so on a log axis the edge is crossed where the line crosses it).
+function drawable(result, axis) {
+  const scale = axis.type === "log" ? Math.log10 : (value) => value;
+  const loss = clip(result.loss.map((value, t) => [t, scale(value)]), [[0, Infinity], axis.range]);
+  const path = clip(result.path.map((_, t) => pointOf(result, t)), pathBox());
+  return {
+    path: path.points,
+    loss: loss.points.map(([t, value]) => [t, axis.type === "log" ? 10 ** value : value]),
+    // marked × where it ends: it diverged, or it left the loss axis
+    marked: result.diverged || loss.cut,
+  };
+}
+
+function runTrace(index, upTo) {
+  const result = state.response.runs[index];
   const title = titleOf(result.name);
-  const shown = result.path.slice(0, upTo + 1).map((_, t) => pointOf(result, t));
+  const shown = state.drawn[index].path.slice(0, upTo + 1);
   return {
     type: "scatter", mode: result.path.length > MARKED_POINTS ? "lines" : "lines+markers", meta: "trajectory",
     name: title, x: shown.map((point) => point[0]),
@@ -430,13 +587,20 @@ function runTrace(result, upTo) {
   };
 }
 
-function lossTrace(result, upTo) {
+function lossTrace(index, upTo) {
+  const result = state.response.runs[index];
+  const drawn = state.drawn[index];
   const title = titleOf(result.name);
-  const loss = result.loss.slice(0, upTo + 1);
+  const shown = drawn.loss.filter(([t]) => Math.ceil(t) <= upTo);  // a crossing once its step is reached
+  const ended = drawn.marked && shown.length === drawn.loss.length;
+  const last = shown.length - 1;
   return {
-    type: "scatter", mode: "lines", name: title, x: loss.map((_, t) => t), y: loss,
+    type: "scatter", mode: "lines+markers", meta: result.diverged ? "diverged" : "loss",
+    name: result.diverged ? `${title} (diverged at step ${result.steps + 1})` : title,
+    x: shown.map(([t]) => t), y: shown.map(([, value]) => value),
     line: {color: colorOf(result.name), width: 2},
-    hovertemplate: `${title} · t = %{x}<br>f = %{y:.6g}<extra></extra>`,
+    marker: {color: colorOf(result.name), symbol: "x", size: shown.map((_, i) => (ended && i === last ? 11 : 0))},
+    hovertemplate: `${title} · t = %{x:.4~f}<br>f = %{y:.6g}<extra></extra>`,
   };
 }
 
@@ -448,24 +612,19 @@ function drawRuns() {
     Plotly.deleteTraces(contour, contour.data.slice(keep).map((_, index) => keep + index));
   }
   drawStart();
-  Plotly.addTraces(contour, [...runs.map((result) => runTrace(result, 0)), selectedTrace()]);
-  const losses = runs.flatMap((result) => result.loss);
-  const logarithmic = losses.length > 0 && losses.every((value) => value > 0);
-  const decades = logarithmic ? Math.log10(Math.max(...losses) / Math.min(...losses)) : 0;
-  Plotly.react($("#loss"), runs.map((result) => lossTrace(result, 0)), lossLayout(logarithmic, decades >= 2),
-               PLOT_CONFIG);
+  Plotly.addTraces(contour, [...runs.map((_, index) => runTrace(index, 0)), selectedTrace()]);
+  Plotly.react($("#loss"), runs.map((_, index) => lossTrace(index, 0)), lossLayout(state.axis), PLOT_CONFIG);
   const slider = $("#step");
   slider.max = Math.max(0, ...runs.map((result) => result.steps));
 }
 
-// The loss axis: logarithmic where every f is positive, with a tick per decade where it spans several.
-function lossLayout(logarithmic, perDecade) {
+function lossLayout(axis) {
   return {
     font: FONT, margin: {l: 60, r: 12, t: 34, b: 40}, dragmode: false, hovermode: "closest",
     title: {text: "f(x_t) against step t", font: {size: 13}, x: 0.02},
     xaxis: {range: [0, state.steps], title: {text: "step t"}, fixedrange: true, zeroline: false},
-    yaxis: {type: logarithmic ? "log" : "linear", title: {text: "f(x_t)"}, fixedrange: true,
-            exponentformat: "power", dtick: perDecade ? 1 : undefined},
+    yaxis: {type: axis.type, range: axis.range, title: {text: "f(x_t)"}, fixedrange: true,
+            exponentformat: "power", dtick: axis.dtick},
     legend: {x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.8)"}, plot_bgcolor: "#fafafa",
     shapes: [],
   };
@@ -479,11 +638,12 @@ function selectedTrace() {
 function showUpTo(t) {
   const runs = state.response.runs;
   const indices = runs.map((_, index) => BASE_TRACES + index);
-  const paths = runs.map((result) => runTrace(result, Math.min(t, result.steps)));
+  const paths = runs.map((result, index) => runTrace(index, Math.min(t, result.steps)));
   Plotly.restyle($("#contour"), {x: paths.map((trace) => trace.x), y: paths.map((trace) => trace.y),
                                  customdata: paths.map((trace) => trace.customdata)}, indices);
-  const losses = runs.map((result) => lossTrace(result, Math.min(t, result.steps)));
-  Plotly.restyle($("#loss"), {x: losses.map((trace) => trace.x), y: losses.map((trace) => trace.y)},
+  const losses = runs.map((result, index) => lossTrace(index, Math.min(t, result.steps)));
+  Plotly.restyle($("#loss"), {x: losses.map((trace) => trace.x), y: losses.map((trace) => trace.y),
+                              "marker.size": losses.map((trace) => trace.marker.size)},
                  runs.map((_, index) => index));
 }
 
@@ -494,7 +654,7 @@ function selectStep(t, focus = state.focus) {
   state.focus = focus;
   $("#step").value = t;
   $("#step-text").textContent = `t = ${t}`;
-  const points = runs.map((result) => pointOf(result, Math.min(t, result.steps)));
+  const points = state.drawn.map((drawn) => drawn.path[Math.min(t, drawn.path.length - 1)]);
   Plotly.restyle($("#contour"), {
     x: [points.map((point) => point[0])], y: [points.map((point) => point[1])],
     "marker.color": [runs.map((result) => colorOf(result.name))],
@@ -507,7 +667,7 @@ function selectStep(t, focus = state.focus) {
 function drawTrace() {
   const panel = $("#trace");
   panel.replaceChildren();
-  const dim = state.surfaces[state.surface].dim;
+  const dim = state.surfaces.get(state.surface).dim;
   const components = dim === 2 ? ["x", "y"] : ["x"];
   state.response.runs.forEach((result, index) => {
     const t = Math.min(state.step, result.steps);
@@ -577,7 +737,7 @@ function runPoint(event) {
 function startFromClick(event) {
   const contour = $("#contour");
   const area = contour.querySelector(".nsewdrag").getBoundingClientRect();
-  const surface = state.surfaces[state.surface];
+  const surface = state.surfaces.get(state.surface);
   const mouse = event.event;
   const [xLow, xHigh] = surface.bounds[0];
   const fraction = (mouse.clientX - area.left) / area.width;
@@ -592,47 +752,49 @@ function startFromClick(event) {
   schedule(true);
 }
 
-async function loadSurface(name) {
-  if (!(name in state.grids)) {
-    const response = await fetch(`/api/surfaces/${name}/grid`);
-    state.grids[name] = await response.json();
-  }
-  state.surface = name;
+// Draw the current surface, fetching its grid the first time.
+async function showSurface() {
+  const name = state.surface;
+  if (!state.grids.has(name)) state.grids.set(name, await fetchJSON(`/api/surfaces/${encodeURIComponent(name)}/grid`));
   drawSurface();
 }
 
 async function main() {
-  const [surfaces, optimizers] = await Promise.all([
-    fetch("/api/surfaces").then((response) => response.json()),
-    fetch("/api/optimizers").then((response) => response.json()),
-  ]);
+  const [surfaces, optimizers] = await Promise.all([fetchJSON("/api/surfaces"), fetchJSON("/api/optimizers")]);
   for (const surface of surfaces) {
-    state.surfaces[surface.name] = surface;
+    state.surfaces.set(surface.name, surface);
     $("#surface").append(element("option", {value: surface.name}, surface.title));
   }
   state.optimizers = optimizers;
-  for (const info of optimizers) {
-    state.values[info.name] = defaults(info);
-    $("#optimizers").append(buildOptimizer(info));
-  }
-  state.start = [...state.surfaces[state.surface].start];
+  for (const info of optimizers) $("#optimizers").append(buildOptimizer(info));
+  if (!state.surfaces.has(state.surface)) state.surface = surfaces[0].name;
   loadHash();
-  await loadSurface(state.surface);
-  Plotly.newPlot($("#loss"), [], lossLayout(false, false), PLOT_CONFIG);
+  await showSurface();
+  Plotly.newPlot($("#loss"), [], lossLayout(lossAxis([])), PLOT_CONFIG);
 
   $("#surface").addEventListener("change", async (event) => {
-    await loadSurface(event.target.value);
-    state.start = [...state.surfaces[state.surface].start];
+    useSurface(event.target.value);
+    try {
+      await showSurface();
+    } catch (error) {
+      showStatus(`Could not load the surface: ${error.message}`, true);
+      return;
+    }
     schedule(true);
   });
   $("#steps").addEventListener("change", (event) => {
-    const steps = Math.round(Number(event.target.value));
-    if (!Number.isFinite(steps) || steps < 1) return;
-    state.steps = Math.min(steps, 10000);
+    const box = event.target;
+    const steps = Number(box.value);
+    if (box.value.trim() === "" || !Number.isInteger(steps) || steps < 1 || steps > MAX_STEPS) {
+      box.classList.add("invalid");
+      showStatus(`Steps: enter a whole number from 1 to ${MAX_STEPS} (the charts show the last run)`, true);
+      return;
+    }
+    state.steps = steps;
     schedule(true);
   });
   $("#reset-start").addEventListener("click", () => {
-    state.start = [...state.surfaces[state.surface].start];
+    state.start = [...state.surfaces.get(state.surface).start];
     schedule(true);
   });
   $("#replay").addEventListener("click", () => { if (state.response) playAnimation(); });
@@ -667,11 +829,17 @@ async function main() {
   const loss = $("#loss");
   loss.on("plotly_hover", (event) => {
     const point = event.points && event.points[0];
-    if (point && state.response && !state.animation) selectStep(point.x, point.curveNumber);
+    // a run's crossing of the axis's edge lies between two steps: it belongs to the later one
+    if (point && state.response && !state.animation) selectStep(Math.ceil(point.x), point.curveNumber);
   });
   window.addEventListener("hashchange", async () => {
     loadHash();
-    await loadSurface(state.surface);
+    try {
+      await showSurface();
+    } catch (error) {
+      showStatus(`Could not load the surface: ${error.message}`, true);
+      return;
+    }
     schedule(true);
   });
   schedule(true);
