@@ -7,6 +7,7 @@ trap that fires means the victim ran someone else's code. Tests that need anothe
 as uid 65534 through `setpriv`.
 """
 
+import hashlib
 import importlib.util
 import os
 import pickle
@@ -261,3 +262,162 @@ def test_driver_sources_and_bytecode_in_the_cache_are_never_read(warm_cache, tmp
     forget_driver()
     (cache / f"{name}.py").write_bytes(b"\xff\xfe not UTF-8 \x80")
     step_once()
+
+
+def step_equals_eager() -> None:
+    """One SGD step on the numba backend equals the eager backend's."""
+    from optimlab.backends.eager import Eager
+
+    def stepped(backend: object) -> torch.Tensor:
+        params = [torch.linspace(-1, 1, 5)]
+        backend.step(RULE, HYPERPARAMETERS, RULE.coefficients(1, **HYPERPARAMETERS), params,
+                     [torch.linspace(2, 3, 5)], [[]])
+        return params[0]
+
+    assert torch.equal(stepped(numba_cpu.NumbaCPU()), stepped(Eager()))
+
+
+def entry_and_key(monkeypatch) -> tuple[Path, bytes]:
+    """The entry the step above loads, and the key it is checksummed with (anyone can compute both)."""
+    seen = []
+    original = kernel_cache.DriverCache._entry
+
+    def recording(self, signature, codegen):
+        seen.append(original(self, signature, codegen))
+        return seen[-1]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(kernel_cache.DriverCache, "_entry", recording)
+        step_once()
+    forget_driver()
+    return seen[0]
+
+
+def forged_entry(key: bytes, marker: Path) -> bytes:
+    """A trap pickle with a checksum that matches: what anyone who could write into the cache can make."""
+    payload = pickle.dumps(_Trap(marker))
+    return kernel_cache._ENTRY_HEADER + hashlib.sha256(key + payload).digest() + payload
+
+
+def _hard_linked(entry: Path, forged: bytes, elsewhere: Path) -> None:
+    entry.write_bytes(forged)
+    os.link(entry, elsewhere)  # kept by whoever planted it, to rewrite the entry later
+
+
+def _group_writable(entry: Path, forged: bytes, elsewhere: Path) -> None:
+    entry.write_bytes(forged)
+    entry.chmod(0o660)
+
+
+def _a_link_to_a_forged_file(entry: Path, forged: bytes, elsewhere: Path) -> None:
+    elsewhere.write_bytes(forged)
+    entry.unlink()
+    entry.symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize("plant", [_hard_linked, _group_writable, _a_link_to_a_forged_file])
+def test_an_entry_this_process_would_not_have_written_is_discarded_unread(plant, warm_cache, tmp_path,
+                                                                          monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(cache))
+    entry, key = entry_and_key(monkeypatch)
+    marker, elsewhere = tmp_path / "trap-fired", tmp_path / "elsewhere"
+    plant(entry, forged_entry(key, marker), elsewhere)
+    kept = elsewhere.read_bytes() if elsewhere.exists() else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step_equals_eager()
+    assert not marker.exists()
+    messages = [str(warning.message) for warning in caught if warning.category is kernel_cache.KernelCacheWarning]
+    assert len(messages) == 1 and str(entry) in messages[0]
+    assert (elsewhere.read_bytes() if elsewhere.exists() else None) == kept  # neither followed nor written
+    assert not entry.is_symlink() and entry.stat().st_nlink == 1  # compiled again, written anew
+
+
+@needs_root
+def test_an_entry_planted_while_the_cache_was_open_is_not_loaded_once_it_is_private(warm_cache, monkeypatch):
+    # the victim's own cache, other-writable for a while; another user forges an entry and keeps a hard link
+    # to it; the victim makes the directory private again (what the warning asks for) and steps
+    place = Path(tempfile.mkdtemp())
+    try:
+        place.chmod(0o1777)
+        cache = place / "cache"
+        shutil.copytree(warm_cache, cache)
+        monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(cache))
+        entry, key = entry_and_key(monkeypatch)
+        marker, forged, kept = place / "trap-fired", place / "forged", place / "kept" / "entry"
+        forged.write_bytes(forged_entry(key, marker))
+        forged.chmod(0o644)
+        cache.chmod(0o777)
+        as_other_user("mkdir", str(kept.parent))
+        as_other_user("rm", str(entry))
+        as_other_user("cp", str(forged), str(entry))
+        as_other_user("ln", str(entry), str(kept))
+        assert entry.stat().st_uid == OTHER_USER and entry.stat().st_nlink == 2
+        cache.chmod(0o700)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step_equals_eager()
+        assert not marker.exists()
+        messages = [str(warning.message) for warning in caught
+                    if warning.category is kernel_cache.KernelCacheWarning]
+        assert len(messages) == 1 and str(entry) in messages[0]
+        assert entry.stat().st_uid == os.geteuid() and entry.stat().st_nlink == 1  # ours now, compiled again
+    finally:
+        shutil.rmtree(place)
+
+
+def _a_link_another_user_made(home: Path, target: Path) -> None:
+    as_other_user("mkdir", str(home))
+    as_other_user("ln", "-s", str(target), str(home / "optimlab"))
+
+
+def _a_link_in_a_directory_another_user_owns(home: Path, target: Path) -> None:
+    as_other_user("mkdir", str(home))
+    (home / "optimlab").symlink_to(target)  # made by this user, but the other user can replace it
+
+
+def _a_link_in_a_directory_others_can_write(home: Path, target: Path) -> None:
+    home.mkdir()
+    home.chmod(0o777)
+    (home / "optimlab").symlink_to(target)
+
+
+@pytest.mark.parametrize("redirect", [
+    pytest.param(_a_link_another_user_made, marks=needs_root),
+    pytest.param(_a_link_in_a_directory_another_user_owns, marks=needs_root),
+    _a_link_in_a_directory_others_can_write,
+])
+def test_a_link_someone_else_controls_does_not_redirect_the_cache(redirect, monkeypatch):
+    # the target is this user's own private directory: the link, not the target, is what is not trusted
+    place = Path(tempfile.mkdtemp())
+    try:
+        place.chmod(0o1777)
+        home, target = place / "cache-home", place / "target"
+        target.mkdir(mode=0o700)
+        redirect(home, target)
+        monkeypatch.delenv("OPTIMLAB_KERNEL_CACHE", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernel_cache.trusted_directory() is None
+            step_once()
+        messages = [str(warning.message) for warning in caught
+                    if warning.category is kernel_cache.KernelCacheWarning]
+        assert len(messages) == 1 and str(home / "optimlab") in messages[0]
+        assert list(target.iterdir()) == []
+    finally:
+        shutil.rmtree(place)
+
+
+def test_a_link_this_user_controls_is_followed(tmp_path, monkeypatch):
+    home, target = tmp_path / "cache-home", tmp_path / "target"
+    home.mkdir(mode=0o700)
+    target.mkdir(mode=0o700)
+    (home / "optimlab").symlink_to(target)
+    monkeypatch.delenv("OPTIMLAB_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    assert kernel_cache.trusted_directory() == target
+    step_once()
+    assert list(target.glob("*.nbc"))

@@ -1,6 +1,7 @@
 """The numba backend under threads, `os.fork()` and Ctrl-C (issue 12, items 6, 8 and 9)."""
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -85,6 +86,98 @@ def test_a_forked_child_steps_with_its_own_helpers_and_queues_nothing_for_its_pa
     assert int(pending) <= 1  # at most the last pass's, not yet picked up
     assert int(threads) == 2  # the child's main thread and its one helper
     assert correct == "True"
+
+
+@pytest.mark.slow
+def test_a_child_forked_while_another_thread_compiles_compiles_its_own_drivers(tmp_path):
+    # the child would inherit Numba's compiler lock held by a thread it does not have, and wait forever
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time, torch
+        from numba.core import event
+        from optimlab.backends import numba_cpu
+        from optimlab.rules import RULES
+
+        rule = RULES["sgd"]
+        hyperparameters = rule.defaults(lr=0.5)
+
+        def step(dtype):
+            params = [torch.ones(8, dtype=dtype)]
+            numba_cpu.BACKEND.step(rule, hyperparameters, rule.coefficients(1, **hyperparameters), params,
+                                   [torch.ones(8, dtype=dtype)], [[]])
+            assert torch.equal(params[0], torch.full((8,), 0.5, dtype=dtype))
+
+        compiling, forking = threading.Event(), threading.Event()
+
+        class HoldTheFirstCompile(event.Listener):
+            def on_start(self, _event):
+                if not compiling.is_set():
+                    compiling.set()
+                    forking.wait()
+                    time.sleep(0.5)  # the main thread forks meanwhile: this compile is still in flight
+
+            def on_end(self, _event):
+                pass
+
+        event.register("numba:compile", HoldTheFirstCompile())
+        compiler = threading.Thread(target=step, args=(torch.float64,))
+        compiler.start()
+        compiling.wait()
+        forking.set()
+        child = os.fork()
+        if child == 0:
+            step(torch.float32)  # a new variant: compiled in the child
+            os._exit(0)
+        deadline = time.monotonic() + 60
+        while (status := os.waitpid(child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                sys.exit("the child hung in its first compile")
+            time.sleep(0.05)
+        compiler.join()
+        print("child exit code", os.waitstatus_to_exitcode(status[1]))
+    """)
+    environment = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path / "cache")}  # empty: compiles
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=environment)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["child", "exit", "code", "0"]
+
+
+def test_a_child_forked_while_another_thread_warns_can_warn():
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time, warnings
+        from optimlab.backends import kernel_cache
+
+        held, forked = threading.Event(), threading.Event()
+
+        def hold_the_warning_lock():  # where a thread is while it records a warning
+            with kernel_cache._warned_lock:
+                held.set()
+                forked.wait()
+
+        holder = threading.Thread(target=hold_the_warning_lock)
+        holder.start()
+        held.wait()
+        child = os.fork()
+        if child == 0:
+            warnings.simplefilter("ignore")
+            kernel_cache._warn_once("subject", "a warning in the child")
+            os._exit(0)
+        forked.set()
+        deadline = time.monotonic() + 30
+        while (status := os.waitpid(child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                sys.exit("the child hung on the warning lock")
+            time.sleep(0.05)
+        holder.join()
+        print("child exit code", os.waitstatus_to_exitcode(status[1]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["child", "exit", "code", "0"]
 
 
 def test_an_error_in_a_piece_starts_no_further_piece():

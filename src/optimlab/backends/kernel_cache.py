@@ -8,12 +8,18 @@ one but this user (or root) can change:
   never at a predictable shared path such as `/tmp/...`; missing directories are created 0700;
 * it is used only if it is a directory owned by the effective user and writable by no one else, and every
   directory above it is owned by the user or root and not writable by others unless sticky (as `/tmp` is:
-  no one else can rename the cache away and put their own in its place). Otherwise a `KernelCacheWarning`
-  names it, once, and kernels are compiled in memory for this process only;
+  no one else can rename the cache away and put their own in its place). Every symbolic link on the way
+  to it, as written, must be one that no one else can change: owned by the user or root, in a directory
+  that passes the same test as those above. Otherwise a `KernelCacheWarning` names it, once, and kernels
+  are compiled in memory for this process only;
 * an entry is written to a new file made with `O_CREAT | O_EXCL | O_NOFOLLOW` (`tempfile.mkstemp`, mode
   0600) and renamed into place, so no reader sees half a file and nothing is written through a planted link;
+* an entry is read only if it is what that write makes: opened without following a link, a regular file
+  owned by the effective user, with one link and writable by no one else. Anything else (say, a file that
+  another user planted while the directory was open to them, and still holds a hard link to) is reported
+  once (`KernelCacheWarning` with its path), deleted unread and compiled again;
 * an entry carries a SHA-256 of its contents and is unpickled only if that matches: a truncated or garbage
-  entry is reported once (`KernelCacheWarning` with its path), deleted and compiled again.
+  entry is reported and discarded the same way.
 
 The generated drivers' Python sources are never read back from disk (see `numba_cpu.driver`): they are
 regenerated and compiled in memory in every process, so there is no `.py` or `.pyc` to plant or corrupt.
@@ -23,6 +29,7 @@ regenerated and compiled in memory in every process, so there is no `.py` or `.p
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
@@ -37,6 +44,8 @@ from typing import Any
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 #: Starts every entry, before its checksum: the format (and that it is ours).
 _ENTRY_HEADER = b"optimlab kernel cache entry v1\n"
+#: Symbolic links followed at most in one path (Linux's limit before `ELOOP`).
+_MAX_LINKS = 40
 
 
 class KernelCacheWarning(RuntimeWarning):
@@ -45,6 +54,15 @@ class KernelCacheWarning(RuntimeWarning):
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
+
+
+def _renew_warned_lock() -> None:
+    # a forked child has only the forking thread: a lock another thread of the parent held would never open
+    global _warned_lock
+    _warned_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_warned_lock)
 
 
 def _warn_once(subject: str, message: str) -> None:
@@ -78,9 +96,13 @@ def trusted_directory() -> Path | None:
         _warn_once("", f"optimlab: no kernel cache directory ({error}); compiling without a disk cache")
         return None
     try:
-        _make_private_directories(directory)
+        # the links are checked before anything is made through them, and again once the path exists
+        problem = _why_links_untrusted(directory)
+        if problem is None:
+            _make_private_directories(directory)
+            problem = _why_links_untrusted(directory)
         resolved = Path(os.path.realpath(directory))
-        problem = _why_untrusted(resolved)
+        problem = problem or _why_untrusted(resolved)
     except OSError as error:
         problem = f"cannot create or inspect it: {error.strerror or error}"
     if problem is not None:
@@ -102,7 +124,7 @@ def _make_private_directories(directory: Path) -> None:
 
 
 def _why_untrusted(directory: Path) -> str | None:
-    """None if only this user (or root) can change what `directory` holds, else the reason in words."""
+    """None if only this user (or root) can change what `directory` (a resolved path) holds, else why."""
     user = os.geteuid()
     status = os.stat(directory)
     if not stat.S_ISDIR(status.st_mode):
@@ -111,12 +133,59 @@ def _why_untrusted(directory: Path) -> str | None:
         return f"owned by uid {status.st_uid}, not by this user (uid {user})"
     if status.st_mode & _WRITABLE_BY_OTHERS:
         return f"writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
-    for parent in directory.parents:
-        status = os.stat(parent)
+    problem = _why_replaceable(directory.parent)
+    return None if problem is None else f"its parent {problem}"
+
+
+def _why_replaceable(directory: Path) -> str | None:
+    """None if no one but this user or root can rename or replace what `directory` (resolved) or any
+    directory above it holds: each is owned by the user or root, and writable by others only if sticky."""
+    user = os.geteuid()
+    for path in (directory, *directory.parents):
+        status = os.stat(path)
         if status.st_uid not in (user, 0):
-            return f"its parent {parent} is owned by uid {status.st_uid}"
+            return f"{path} is owned by uid {status.st_uid}"
         if status.st_mode & _WRITABLE_BY_OTHERS and not status.st_mode & stat.S_ISVTX:
-            return f"its parent {parent} is writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
+            return f"{path} is writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
+    return None
+
+
+def _why_links_untrusted(path: Path) -> str | None:
+    """None if every symbolic link met resolving the absolute `path` is one only this user or root can
+    change, else why: a link another user owns, or can replace, points the cache wherever they like.
+
+    Resolves `path` one component at a time, as the kernel does, and stops at the first missing one (what
+    is missing is made by `_make_private_directories`, as plain directories).
+    """
+    user = os.geteuid()
+    current, pending, followed = Path(path.anchor), list(path.parts[1:]), 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        try:
+            status = os.lstat(candidate)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISLNK(status.st_mode):
+            current = candidate
+            continue
+        if status.st_uid not in (user, 0):
+            return f"the symbolic link {candidate} is owned by uid {status.st_uid}"
+        problem = _why_replaceable(current)
+        if problem is not None:
+            return f"the symbolic link {candidate} can be replaced by another user ({problem})"
+        followed += 1
+        if followed > _MAX_LINKS:
+            return f"too many levels of symbolic links at {candidate}"
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current = Path(target.anchor)
+            pending[:0] = target.parts[1:]
+        else:
+            pending[:0] = target.parts
     return None
 
 
@@ -176,12 +245,8 @@ class DriverCache:
             return None
         target_context.refresh()
         path, key = self._entry(signature, target_context.codegen())
-        try:
-            entry = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            self._discard(path, f"unreadable ({error.strerror})")
+        entry = self._read(path)
+        if entry is None:
             return None
         checksum, payload = entry[len(_ENTRY_HEADER):][:32], entry[len(_ENTRY_HEADER) + 32:]
         if not entry.startswith(_ENTRY_HEADER) or hashlib.sha256(key + payload).digest() != checksum:
@@ -208,11 +273,53 @@ class DriverCache:
         except OSError as error:
             _warn_once(str(path), f"optimlab: could not write the kernel cache entry {path}: {error.strerror}")
 
-    @staticmethod
-    def _discard(path: Path, problem: str) -> None:
-        _warn_once(str(path), f"optimlab: kernel cache entry {path} is {problem}; deleted, compiling again")
-        with contextlib.suppress(OSError):
-            path.unlink()
+    def _read(self, path: Path) -> bytes | None:
+        """The entry's contents if it is a file as `save_overload` writes them, else None (and discarded).
+
+        Whoever could write into the directory once (it was open to others for a while, then made private)
+        may have left a file there and kept a hard link to rewrite it: so only a regular file owned by this
+        user, with no other link and writable by no one else, is read. The checks are made on the opened
+        file itself (`fstat`), never through a link (`O_NOFOLLOW`), and a FIFO does not block the open.
+        """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            descriptor = os.open(path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self._discard(path, "a symbolic link" if error.errno == errno.ELOOP
+                          else f"unreadable ({error.strerror})")
+            return None
+        with os.fdopen(descriptor, "rb") as file:
+            status = os.fstat(file.fileno())
+            user = os.geteuid()
+            if not stat.S_ISREG(status.st_mode):
+                problem = "not a regular file"
+            elif status.st_uid != user:
+                problem = f"owned by uid {status.st_uid}, not by this user (uid {user})"
+            elif status.st_nlink != 1:
+                problem = f"linked from elsewhere too ({status.st_nlink} hard links)"
+            elif status.st_mode & _WRITABLE_BY_OTHERS:
+                problem = f"writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
+            else:
+                return file.read()
+        self._discard(path, problem)
+        return None
+
+    def _discard(self, path: Path, problem: str) -> None:
+        """Warn once and delete the entry (the name only: a link is removed, not followed), if the
+        directory is still this user's; someone else's directory is left as it is."""
+        try:
+            ours = os.stat(self._directory).st_uid == os.geteuid()
+        except OSError:  # the directory is gone: nothing left to delete
+            ours = False
+        if ours:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            outcome = "deleted"
+        else:
+            outcome = f"left in place ({self._directory} is no longer this user's)"
+        _warn_once(str(path), f"optimlab: kernel cache entry {path} is {problem}; {outcome}, compiling again")
 
 
 __all__ = ["DriverCache", "KernelCacheWarning", "cache_directory", "trusted_directory", "write_atomically"]

@@ -272,17 +272,40 @@ def _code_fingerprint(code: Any) -> list[Any]:
 
 #: (id(rule), variant) → (rule, compiled driver); rules are unhashable (their hyperparameters are a dict)
 _DRIVERS: dict[tuple[int, Variant], tuple[Rule, Any]] = {}
-#: Held while a driver is built, so that threads stepping the same new variant build it once.
-_BUILDING = threading.Lock()
+#: Held while a driver is built, so that threads stepping the same new variant build it once. Reentrant, so
+#: that a thread forking while it builds one gets past `_wait_for_compiles`.
+_BUILDING = threading.RLock()
+#: The locks `_wait_for_compiles` took before a fork (guarded by `_BUILDING`), released after it.
+_HELD_OVER_FORK: list[Any] = []
 
 
-def _renew_building_lock() -> None:
-    # a forked child has only the forking thread: a lock another thread of the parent held would never open
-    global _BUILDING
-    _BUILDING = threading.Lock()
+def _wait_for_compiles() -> None:
+    """Before `os.fork()`: wait until no other thread builds or compiles a driver, and hold that.
+
+    A forked child has only the forking thread. A lock that another thread of the parent held at the fork
+    never opens in the child: ours while that thread built a driver, or Numba's global compiler lock, held
+    while Numba and LLVM compile (a driver compiles on its first call), and the child's first compile would
+    wait forever. So the fork waits for compiles in flight; locks are taken in this order everywhere.
+    """
+    _BUILDING.acquire()
+    held = [_BUILDING]
+    compiler_lock = sys.modules.get("numba.core.compiler_lock")
+    if compiler_lock is not None:  # not imported yet: nothing compiles
+        compiler_lock.global_compiler_lock.acquire()
+        held.append(compiler_lock.global_compiler_lock)
+    _HELD_OVER_FORK[:] = held
 
 
-os.register_at_fork(after_in_child=_renew_building_lock)
+def _release_after_fork() -> None:
+    """After `os.fork()`, in the parent and in the child: release what `_wait_for_compiles` took."""
+    held = _HELD_OVER_FORK[:]
+    _HELD_OVER_FORK.clear()
+    for lock in reversed(held):
+        lock.release()
+
+
+os.register_at_fork(before=_wait_for_compiles, after_in_parent=_release_after_fork,
+                    after_in_child=_release_after_fork)
 
 
 def driver(rule: Rule, variant: Variant) -> Any:
