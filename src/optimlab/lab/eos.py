@@ -165,6 +165,15 @@ def edge_of_stability(lrs: Sequence[float] = LRS, adam_lrs: Sequence[float] = AD
             raise ValueError(f"Invalid {name}: {list(values)} (each must be a finite number > 0)")
     if not lrs and not adam_lrs:
         raise ValueError("Invalid lrs: none given for GD or Adam")
+    # The matrices are small: BLAS threads would only spin against each other (6× slower on 2 busy cores).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _edge_of_stability(lrs, adam_lrs, steps, every, hidden, samples, output_scale, iterations, seed)
+
+
+def _edge_of_stability(lrs: Sequence[float], adam_lrs: Sequence[float], steps: int, every: int, hidden: int,
+                       samples: int | None, output_scale: float, iterations: int, seed: int) -> list[EdgeRun]:
     problem = make_problem(hidden, samples, output_scale, seed)
     measured = np.arange(0, steps + 1, every)
     first_vector = np.random.default_rng(seed).normal(size=problem.start.size)

@@ -146,13 +146,15 @@ class Components:
 
 def eigen_components(curvatures: Sequence[float] = COMPONENT_CURVATURES, steps: int = 150,
                      gd_lr: float | None = None, momentum: tuple[float, float] | None = None) -> Components:
-    """Both runs at their optimal settings (or `gd_lr`, `momentum` = (α, β)); the coordinates are the eigen-components."""
+    """Both runs at their optimal settings (or `gd_lr`, `momentum` = (α, β)).
+
+    The coordinates are the eigen-components."""
     lambdas = np.asarray(curvatures, dtype=np.float64)
     kappa = float(lambdas.max() / lambdas.min())
     gd = gd_optimum(kappa, float(lambdas.min()))
     heavy = momentum_optimum(kappa, float(lambdas.min()))
     settings = {"gd": {"lr": gd.lr if gd_lr is None else gd_lr, "momentum": 0.0},
-                "momentum": dict(zip(("lr", "momentum"), momentum)) if momentum
+                "momentum": dict(zip(("lr", "momentum"), momentum, strict=True)) if momentum
                 else {"lr": heavy.lr, "momentum": heavy.momentum}}
     batch = descend("momentum", {"lr": [settings[name]["lr"] for name in settings],
                                  "momentum": [settings[name]["momentum"] for name in settings]},
@@ -263,8 +265,9 @@ def write_rates_csv(rows: Sequence[RateRow], path: Path | str) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["optimizer", "kappa", "lr", "momentum", "measured_rate", "theoretical_rate"])
         for row in rows:
+            theory = "" if row.theoretical_rate is None else repr(row.theoretical_rate)
             writer.writerow([row.optimizer, repr(row.kappa), repr(row.lr), repr(row.momentum),
-                             repr(row.measured_rate), "" if row.theoretical_rate is None else repr(row.theoretical_rate)])
+                             repr(row.measured_rate), theory])
     return path
 
 
