@@ -4,6 +4,7 @@
     GET  /api/surfaces/{name}/grid f on a grid, for the contour plot
     GET  /api/optimizers           each optimizer's hyperparameters, defaults and slider ranges
     POST /api/run                  trajectories + per-step trace of several optimizers (`optimlab.lab.run`)
+    GET  /api/theory/momentum-map  the heavy ball's (α, β) map on the ellipse (`serve.theory`)
 
 Everything runs on the lab's `run`, which evaluates the rules themselves: the page shows exactly the numbers
 `optimlab trace` prints. Inputs are bounded (`models.MAX_*`), invalid ones get HTTP 422 naming the field, and
@@ -43,6 +44,7 @@ from .models import (
     SurfaceName,
     control_for,
 )
+from .theory import add_theory_routes
 
 
 def create_app() -> FastAPI:
@@ -98,6 +100,7 @@ def create_app() -> FastAPI:
         """
         return simulate(request)
 
+    add_theory_routes(app)
     return app
 
 
