@@ -32,8 +32,9 @@ def test_the_map_endpoint_is_the_lab_s_map_with_its_theory():
     diverged = np.array([[value is None for value in row] for row in body["rate"]])
     assert not diverged[(lr < 0.9 * 2 * (1 + momentum) / 2.0) & (momentum < 0.85)].any()
     assert diverged[lr > 1.1 * 2 * (1 + momentum) / 2.0].all()
-    alpha, beta, rate = body["optimum"]
-    assert momentum_rate(alpha, beta, MAP_CURVATURES) == pytest.approx(rate, rel=1e-6)
+    optimum = body["optimum"]
+    assert momentum_rate(optimum["lr"], optimum["momentum"], MAP_CURVATURES) == pytest.approx(optimum["rate"],
+                                                                                              rel=1e-6)
 
 
 def _open_view(browser, live_server):

@@ -382,7 +382,7 @@ def plot_maps(maps: Sequence[StabilityMap], path: Path | str) -> Path:
                       label=f"stability boundary αλ₁ = 2(1 + β), λ₁ = {result.curvature:g}")
             for curvature, style in zip(MAP_CURVATURES, (":", "-."), strict=True):
                 dense = np.linspace(result.lrs.min(), min(result.lrs.max(), 4 / curvature), 300)
-                axes.plot(dense, critical_momentum(dense, curvature), color="white", linestyle=style, linewidth=1.2,
+                axes.plot(dense, critical_momentum(dense, curvature), color="black", linestyle=style, linewidth=1.1,
                           label=f"critical damping β = (1 − √(αλ))², λ = {curvature:g}")
             optimum = momentum_optimum(max(MAP_CURVATURES) / min(MAP_CURVATURES), min(MAP_CURVATURES))
             axes.plot(optimum.lr, optimum.momentum, "*", color="white", markeredgecolor="black", markersize=14,
@@ -395,7 +395,7 @@ def plot_maps(maps: Sequence[StabilityMap], path: Path | str) -> Path:
                      title=f"Adam: measured rate, {result.rate.size:,} configs in one sweep")
         axes.grid(True, alpha=0.2)
     figure_.colorbar(image, ax=list(panels), extend="max",
-                     label=f"rate per step over the last half of {maps[0].steps} steps (grey: ≥ 1, diverges)")
+                     label=f"rate per step over the last half of {maps[0].steps} steps (grey: ≥ 1, no convergence)")
     figure_.suptitle("Where each configuration converges on the ellipse f = x²/20 + y² (λ = 0.1, 2; κ = 20)",
                      fontsize=11)
     figure_.savefig(path)

@@ -18,6 +18,14 @@ from pydantic import BaseModel, Field
 from ..lab.quadratic import MAP_CURVATURES, MAP_SURFACE, momentum_optimum, stability_map
 
 
+class Optimum(BaseModel):
+    """The heavy ball's best constant (α, β) on the map's quadratic and its rate √β = (√κ − 1)/(√κ + 1)."""
+
+    lr: float
+    momentum: float
+    rate: float
+
+
 class MomentumMap(BaseModel):
     """The heavy ball's convergence rate per step on `surface`, measured for every (lr, momentum) of the grid."""
 
@@ -30,7 +38,7 @@ class MomentumMap(BaseModel):
     rate: list[list[float | None]] = Field(description="rate[i][j] for momentums[i], lrs[j]; null where the "
                                                        "configuration diverges (rate ≥ 1)")
     boundary_lr: list[float] = Field(description="the stability boundary α = 2(1 + β)/λ₁, one per momentum")
-    optimum: tuple[float, float, float] = Field(description="the optimal (α, β) and its rate √β")
+    optimum: Optimum
 
 
 @lru_cache(maxsize=1)
@@ -43,7 +51,7 @@ def momentum_map() -> MomentumMap:
     return MomentumMap(surface=MAP_SURFACE, curvatures=list(MAP_CURVATURES), steps=result.steps,
                        lrs=result.lrs.tolist(), momentums=result.momentums.tolist(), rate=rows,
                        boundary_lr=(2 * (1 + result.momentums) / result.curvature).tolist(),
-                       optimum=(optimum.lr, optimum.momentum, optimum.rate))
+                       optimum=Optimum(lr=optimum.lr, momentum=optimum.momentum, rate=optimum.rate))
 
 
 def add_theory_routes(app: FastAPI) -> None:
@@ -55,4 +63,4 @@ def add_theory_routes(app: FastAPI) -> None:
         return momentum_map()
 
 
-__all__ = ["MomentumMap", "add_theory_routes", "momentum_map"]
+__all__ = ["MomentumMap", "Optimum", "add_theory_routes", "momentum_map"]

@@ -50,7 +50,7 @@
 
   function drawMap() {
     const map = view.map;
-    const [lr, momentum, rate] = map.optimum;
+    const {lr, momentum, rate} = map.optimum;
     Plotly.newPlot(mapChart, [
       {type: "heatmap", x: map.lrs, y: map.momentums, z: map.rate, zmin: 0, zmax: 1, colorscale: "Viridis",
        colorbar: {title: {text: "rate", side: "right"}, thickness: 12}, meta: "rate",
