@@ -75,6 +75,7 @@ def test_eos_command_writes_the_figure_and_exact_columns(tmp_path, check):
     assert list(rows[0]) == ["lr", "step", "loss", "sharpness"]
     expected = [(lr, step) for lr in ("0.2", "0.4") for step in ("0", "10", "20")]
     assert [(row["lr"], row["step"]) for row in rows] == expected
+    assert all(float(row["loss"]) > 0 and float(row["sharpness"]) > 0 for row in rows)
     assert list(check.csv(tmp_path / "eos-adam.csv")[0]) == ["lr", "step", "loss", "preconditioned_sharpness",
                                                              "threshold"]
 

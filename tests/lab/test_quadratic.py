@@ -112,6 +112,7 @@ def test_quadratic_command_writes_every_file_with_exact_columns(tmp_path, check)
     assert list(rates[0]) == ["optimizer", "kappa", "lr", "momentum", "measured_rate", "theoretical_rate"]
     assert {row["optimizer"] for row in rates} == {"gd", "momentum", "adagrad", "rmsprop", "adam"}
     assert all((row["theoretical_rate"] == "") == (row["optimizer"] not in ("gd", "momentum")) for row in rates)
+    assert all(float(row[column]) >= 0 for row in rates for column in ("kappa", "lr", "momentum", "measured_rate"))
     for name in ("stability.csv", "adam-stability.csv"):
         cells = check.csv(tmp_path / name)
         assert list(cells[0]) == ["lr", "momentum", "curvature", "converged", "rate"]

@@ -60,7 +60,7 @@ class Optimum:
 def gd_optimum(kappa: float, smallest: float = 1.0) -> Optimum:
     """α* = 2/(λ₁ + λₙ): both extreme components then shrink by (κ − 1)/(κ + 1) per step."""
     largest = kappa * smallest
-    return Optimum(2.0 / (largest + smallest), 0.0, (kappa - 1.0) / (kappa + 1.0))
+    return Optimum(float(2.0 / (largest + smallest)), 0.0, float((kappa - 1.0) / (kappa + 1.0)))
 
 
 def momentum_optimum(kappa: float, smallest: float = 1.0) -> Optimum:
@@ -265,9 +265,9 @@ def write_rates_csv(rows: Sequence[RateRow], path: Path | str) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["optimizer", "kappa", "lr", "momentum", "measured_rate", "theoretical_rate"])
         for row in rows:
-            theory = "" if row.theoretical_rate is None else repr(row.theoretical_rate)
-            writer.writerow([row.optimizer, repr(row.kappa), repr(row.lr), repr(row.momentum),
-                             repr(row.measured_rate), theory])
+            theory = "" if row.theoretical_rate is None else repr(float(row.theoretical_rate))
+            writer.writerow([row.optimizer, *(repr(float(value)) for value in (row.kappa, row.lr, row.momentum,
+                                                                               row.measured_rate)), theory])
     return path
 
 
