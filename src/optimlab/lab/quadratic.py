@@ -98,8 +98,9 @@ def critical_momentum(lr: Any, curvature: float) -> np.ndarray:
 
 # --- measuring ------------------------------------------------------------------------------------------
 
-def measured_rate(error: np.ndarray) -> np.ndarray:
-    """The per-step rate of `error` (shape (steps + 1, ...)): (e_T / e_{T/2})^(2/T) over the last half of the run.
+def measured_rate(error: np.ndarray, whole_run: bool = False) -> np.ndarray:
+    """The per-step rate of `error` (shape (steps + 1, ...)): (e_T / e_{T/2})^(2/T) over the last half of the run,
+    or (e_T / e₀)^(1/T) over the `whole_run`.
 
     T is the run's length, or the last step at which the error is still above `_FLOOR` × e₀, so that a fast
     rate is read before it underflows (an error that vanishes in one step has rate e₁/e₀, 0 when exact).
@@ -111,7 +112,7 @@ def measured_rate(error: np.ndarray) -> np.ndarray:
         above = error > _FLOOR * error[0]
         last = error.shape[0] - 1 - np.argmax(above[::-1], axis=0)
         last = np.where(above.any(axis=0) & (last > 0), last, 1)
-        first = np.where(last > 1, last // 2, 0)
+        first = np.where((last > 1) & (not whole_run), last // 2, 0)
         end = np.take_along_axis(error, last[None], axis=0)[0]
         begin = np.take_along_axis(error, first[None], axis=0)[0]
         rate = (end / begin) ** (1.0 / (last - first))
@@ -224,7 +225,8 @@ def rates_by_condition(kappas: Sequence[float] = KAPPAS, adaptive: Sequence[str]
     2 × len(κ) configurations, for `steps` (default: enough for the slowest, √κ/2 · 250 steps) and their
     rates are read by `measured_rate`. Each rule of `adaptive` runs one batch of every κ × every lr of `lrs`
     (default: 60 from 10⁻³ to 10, log-spaced) for `adaptive_steps` and reports, per κ, the lr with the lowest
-    (‖x_T‖/‖x₀‖)^(1/T). The quadratic is rotated so that the diagonal preconditioners of AdaGrad, RMSProp and
+    (‖x_T‖/‖x₀‖)^(1/T) (`measured_rate` over the whole run: no asymptotic regime to wait for).
+    The quadratic is rotated so that the diagonal preconditioners of AdaGrad, RMSProp and
     Adam cannot simply divide κ away (GD and momentum are rotation-invariant).
     """
     kappa = np.asarray(kappas, dtype=np.float64)
@@ -248,10 +250,7 @@ def rates_by_condition(kappas: Sequence[float] = KAPPAS, adaptive: Sequence[str]
         batch = descend(name, {"lr": configs_lr}, start,
                         _quadratic_gradient(np.stack([configs_kappa, np.ones_like(configs_kappa)], axis=1),
                                             rotation), adaptive_steps)
-        with np.errstate(all="ignore"):
-            norms = np.linalg.norm(batch.path, axis=-1)
-            whole_run = (norms[-1] / norms[0]) ** (1.0 / adaptive_steps)
-        whole_run = np.where(np.isfinite(whole_run), whole_run, np.inf).reshape(len(grid), len(kappa))
+        whole_run = measured_rate(np.linalg.norm(batch.path, axis=-1), whole_run=True).reshape(len(grid), len(kappa))
         best = np.argmin(whole_run, axis=0)
         rows.extend(RateRow(name, float(value), float(grid[best[index]]), 0.0,
                             float(whole_run[best[index], index]), None) for index, value in enumerate(kappa))
