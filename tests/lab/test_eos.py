@@ -94,3 +94,8 @@ def test_eos_command_refuses_bad_input_in_one_line(tmp_path, arguments, message)
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_eos_help_has_examples():
+    result = runner.invoke(app, ["eos", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output and "--out" in result.output

@@ -131,3 +131,8 @@ def test_quadratic_command_refuses_bad_input_in_one_line(tmp_path, arguments, me
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_quadratic_help_has_examples():
+    result = runner.invoke(app, ["quadratic", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output and "--out" in result.output
