@@ -66,6 +66,7 @@ def _run_title(page):
     return page.locator("#theory-run .gtitle").text_content()
 
 
+@pytest.mark.browser
 def test_clicking_a_cell_runs_and_animates_it(browser, live_server, tmp_path):
     page, errors = _open_view(browser, live_server)
     frames = []
