@@ -23,7 +23,7 @@ Everything here runs the optimizers' own rules through the lab's `descend`/`swee
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ _FLOOR = 1e-250
 
 @dataclass(frozen=True)
 class Optimum:
-    """The best constant hyperparameters on a quadratic of condition number κ (λₙ = 1) and their rate."""
+    """The best constant hyperparameters on a quadratic of condition number κ and their rate per step."""
 
     lr: float
     momentum: float
@@ -125,7 +125,8 @@ def _rotation(dim: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _quadratic_gradient(curvatures: np.ndarray, rotation: np.ndarray | None):
+def _quadratic_gradient(curvatures: np.ndarray,
+                        rotation: np.ndarray | None) -> Callable[[int, np.ndarray], np.ndarray]:
     """∇f = Q diag(λ) Qᵀ x for every row x, with λ per config (rows of `curvatures`) or shared."""
     def gradient(t: int, points: np.ndarray) -> np.ndarray:
         if rotation is None:
@@ -168,7 +169,7 @@ def plot_components(components: Components, path: Path | str) -> Path:
     path = Path(path)
     figure_ = new_figure(12, 4.8)
     panels = figure_.subplots(1, 2, sharey=True)
-    palette = new_palette(len(components.curvatures))
+    palette = _palette(len(components.curvatures))
     steps = np.arange(components.path["gd"].shape[0])
     for axes, name in zip(panels, ("gd", "momentum"), strict=True):
         lr, beta = components.settings[name]["lr"], components.settings[name]["momentum"]
@@ -196,7 +197,8 @@ def plot_components(components: Components, path: Path | str) -> Path:
     return path
 
 
-def new_palette(count: int) -> list[Any]:
+def _palette(count: int) -> list[Any]:
+    """`count` colours along viridis, dark (small λ) to light (large λ)."""
     from matplotlib import colormaps
 
     return [colormaps["viridis"](value) for value in np.linspace(0.0, 0.85, count)]
