@@ -87,13 +87,16 @@ def test_eos_command_writes_the_figure_and_exact_columns(tmp_path, check):
     (["--steps", "0"], "Invalid --steps: 0 (must be >= 1)"),
     (["--every", "400"], "Invalid --every: 400 (must be <= --steps, 300)"),
     (["--samples", "3"], "Invalid --samples: 3 (must be >= 10)"),
+    (["--out", "{file}"], "is a file, not a folder"),
 ])
 def test_eos_command_refuses_bad_input_in_one_line(tmp_path, arguments, message):
-    result = runner.invoke(app, ["eos", *arguments, "--out", str(tmp_path)])
+    (tmp_path / "file").write_text("")
+    arguments = [argument.format(file=tmp_path / "file") for argument in arguments]
+    result = runner.invoke(app, ["eos", "--out", str(tmp_path), *arguments])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
-    assert not any(tmp_path.iterdir())
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
 def test_eos_help_has_examples():

@@ -25,6 +25,16 @@ def _numbers(option: str, text: str, allow_empty: bool = False) -> list[float]:
     return values
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder or creatable as one: refused before any work, so a failure writes nothing."""
+    if out.exists() and not out.is_dir():
+        fail(f"Invalid --out: {str(out)!r} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"Invalid --out: {str(out)!r} cannot be created ({error.strerror})")
+
+
 def _written(out: Path, files: tuple[str, ...]) -> None:
     for name in files:
         console.print(str(out / name), highlight=False, soft_wrap=True)
@@ -58,10 +68,11 @@ def quadratic(
                                  ("--adaptive-steps", adaptive_steps, 1)):
         if value < least:
             fail(f"Invalid {option}: {value} (must be >= {least})")
+    _check_out(out)
     try:
         with error_console.status("sweeping the quadratic"):
             section = quadratic_experiment(out, values, resolution, map_steps, adaptive_steps)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         fail(str(error))
     _written(out, section.files)
 
@@ -99,9 +110,10 @@ def eos(
         fail(f"Invalid --every: {every} (must be <= --steps, {steps})")
     if samples is not None and samples < 10:
         fail(f"Invalid --samples: {samples} (must be >= 10)")
+    _check_out(out)
     try:
         with error_console.status(f"training {len(gd_lrs) + len(adam)} runs, measuring the sharpness"):
             section = eos_experiment(out, gd_lrs, adam, steps, every, hidden, samples, seed)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         fail(str(error))
     _written(out, section.files)
