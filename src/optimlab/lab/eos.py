@@ -259,9 +259,10 @@ def plot_eos(runs: Sequence[EdgeRun], path: Path | str) -> Path:
     if adam:
         panels[2].set(xlabel="step", ylabel="preconditioned sharpness λ_max(P⁻¹∇²L)",
                       title=f"Adam (β₁ = {ADAM_BETAS[0]}): P = diag(√v̂ + ε)")
-    for axes in panels:
+    # where the curves are not: between the two edges, above the falling losses, under Adam's edge
+    for axes, place in zip(panels, ("center right", "upper right", "lower right"), strict=False):
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc=place)
     figure_.suptitle("The edge of stability on the digits MLP (full batch): sharpness measured by power iteration "
                      "on Hessian-vector products", fontsize=11)
     figure_.savefig(path)
