@@ -71,15 +71,15 @@ def test_the_map_converges_inside_the_stability_region_and_diverges_outside():
     assert result.rate.shape == (200, 200) and result.curvature == max(MAP_CURVATURES)
     lr, momentum = np.meshgrid(result.lrs, result.momentums)
     theory = momentum_rate(lr, momentum, MAP_CURVATURES)
-    # clearly inside: αλ₁ < 0.9 · 2(1 + β) and β < 0.85 (closer to β = 1 a rate near 1 needs more steps to
-    # read); clearly outside: αλ₁ > 1.1 · 2(1 + β)
-    inside = stable(lr / 0.9, momentum, result.curvature) & (momentum < 0.85)
+    # clearly inside: αλ₁ < 0.9 · 2(1 + β) and β < 0.95 (closer to β = 1 a rate near 1 needs more than 100
+    # steps to read); clearly outside: αλ₁ > 1.1 · 2(1 + β)
+    inside = stable(lr / 0.9, momentum, result.curvature) & (momentum < 0.95)
     outside = ~stable(lr / 1.1, momentum, result.curvature)
-    assert inside.sum() > 15_000 and outside.sum() > 10_000
+    assert inside.sum() > 20_000 and outside.sum() > 10_000
     assert result.converged[inside].all()
     assert not result.converged[outside].any()
     deviation = np.abs(result.rate[inside] - theory[inside])
-    assert np.median(deviation) < 0.01 and deviation.max() < 0.1
+    assert np.median(deviation) < 1e-3 and deviation.max() < 0.08
 
 
 def test_adam_map_is_measured_in_one_sweep():
