@@ -223,7 +223,7 @@ def tour(out: Path | str = "optimlab-report", seed: int = 0, epochs: int = 8,
     introduction = ("The claims of the study notes (SGD zig-zags, momentum smooths the path, AdaGrad slows the "
                     "elements that moved most, RMSProp forgets, Adam starts slow but arrives), each as a figure "
                     "you can regenerate with <code>optimlab tour</code> or the single commands "
-                    "<code>optimlab paths | train | sparse</code>.")
+                    "<code>optimlab paths | train | sparse | quadratic | eos</code>.")
     return write_report(out, "optimlab: the lab report", introduction, sections)
 
 
