@@ -16,7 +16,9 @@ differentiated once more (Pearlmutter's R-operator: NumPy, like the rest of the 
 against `torch.func`).
 
     >>> from optimlab.lab.eos import edge_of_stability
-    >>> runs = edge_of_stability(lrs=(0.4,), adam_lrs=(), steps=60, samples=300)   # doctest: +SKIP
+    >>> (run,) = edge_of_stability(lrs=(0.4,), adam_lrs=(), steps=60, every=20, samples=300)
+    >>> run.threshold, bool(run.sharpness[0] < 4 < run.sharpness.max())    # 2/η; sharpened up to it
+    (5.0, True)
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ def _edge_of_stability(lrs: Sequence[float], adam_lrs: Sequence[float], steps: i
             for count, step in enumerate(measured):
                 # P_t = diag(√v̂_t + ε) of the step that produced θ_t (at θ_0, the first step's)
                 preconditioner = (None if optimizer == "sgd"
-                                  else np.sqrt(batch.trace["v_hat"][max(step - 1, 0), index]) + 1e-8)
+                                  else np.sqrt(batch.trace["v_hat"][max(step - 1, 0), index])
+                                  + batch.hyperparameters["eps"])
                 eigenvalue, vector = top_eigenvalue(problem, path[step], vector,
                                                     iterations * (3 if count == 0 else 1), preconditioner)
                 sharpness.append(eigenvalue)
