@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint browser clean
+.PHONY: install demo test docs bench lint browser clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
+# The documentation site (MkDocs, Material theme) from docs/ into site/: offline, warnings are errors.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: install
 	$(BIN)/optimlab bench
 
@@ -34,4 +38,4 @@ lint: install
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) optimlab-report .pytest_cache
+	rm -rf $(VENV) optimlab-report site .pytest_cache

@@ -6,7 +6,19 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from optimlab.bench import CASES, TORCH_VARIANTS, bytes_per_step, gpt2_small_shapes, workloads
+from optimlab.bench import (
+    CASES,
+    QUICK_CASES,
+    SMOKE_NOTE,
+    TORCH_VARIANTS,
+    Platform,
+    bytes_per_step,
+    gpt2_small_shapes,
+    machine,
+    markdown,
+    run,
+    workloads,
+)
 from optimlab.cli import app
 
 
@@ -29,22 +41,37 @@ def test_useful_bytes_count_param_grad_and_state_traffic():
     assert bytes_per_step(CASES["adam-bf16-state"], workload) == workload.numel * (12 + 8)
 
 
-def test_quick_run_reports_every_case_on_every_workload():
+def test_quick_run_is_a_labelled_smoke_run_of_the_quick_cases_on_every_workload():
     result = CliRunner().invoke(app, ["bench", "--quick", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    assert report["smoke"] is True and report["note"] == SMOKE_NOTE and "mean nothing" in SMOKE_NOTE
+    assert result.stderr.strip() == f"note: {SMOKE_NOTE}"
     assert report["machine"]["cores"] >= 1 and report["roofline_gbps"] > 0
     rows = {(row["workload"], row["case"]): row for row in report["results"]}
-    assert set(rows) == {(workload, case) for workload in ("gpt2", "many", "large") for case in CASES}
+    assert set(rows) == {(workload, case) for workload in ("gpt2", "many", "large") for case in QUICK_CASES}
     for row in rows.values():
         assert {"optimlab", "optimlab.torch"} <= set(row["median_ms"]) <= {"optimlab", "optimlab.torch",
                                                                             *TORCH_VARIANTS}
         assert all(value > 0 for value in row["median_ms"].values())
         best = min(row["median_ms"][name] for name in TORCH_VARIANTS if name in row["median_ms"])
         assert row["speedup"] == pytest.approx(best / row["median_ms"]["optimlab"])
-    assert "fused" not in rows["many", "rmsprop"]["median_ms"]  # torch has no fused RMSprop on CPU
-    bf16 = rows["gpt2", "adam-bf16-state"]["state_bytes"]
+
+
+def test_named_cases_run_in_a_quick_run_too():
+    result = CliRunner().invoke(app, ["bench", "--quick", "--json", "-o", "rmsprop", "-o", "adam-bf16-state",
+                                      "-w", "many"])
+    assert result.exit_code == 0, result.output
+    rows = {row["case"]: row for row in json.loads(result.stdout)["results"]}
+    assert "fused" not in rows["rmsprop"]["median_ms"]  # torch has no fused RMSprop on CPU
+    bf16 = rows["adam-bf16-state"]["state_bytes"]
     assert bf16["optimlab"] * 2 == bf16["fused"]  # bf16 state: half of torch's fp32 state
+
+
+def test_a_full_run_is_not_labelled_a_smoke_run():
+    report = run(["sgd"], ["large"], repetitions=1, warmup=0, variants=["foreach"],
+                 platform=Platform("cpu", "numba", machine(), roofline=lambda: 1.0))
+    assert report.smoke is False and "note" not in report.as_dict() and SMOKE_NOTE not in markdown(report)
 
 
 def test_markdown_output_is_a_table():
@@ -52,8 +79,9 @@ def test_markdown_output_is_a_table():
                                       "--torch-variant", "foreach"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Machine: ")
-    assert lines[2].startswith("| workload | optimizer | optimlab ms")
+    assert lines[0] == f"**{SMOKE_NOTE}.**"
+    assert lines[2].startswith("Machine: ")
+    assert lines[4].startswith("| workload | optimizer | optimlab ms")
     assert len([line for line in lines if line.startswith("| large | sgd |")]) == 1
 
 

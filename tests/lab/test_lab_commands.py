@@ -76,6 +76,8 @@ def test_tour_writes_the_report(tmp_path, monkeypatch, check):
     (("paths", "--lr", "sgd=-1"), "Invalid lr: -1.0"),
     (("paths", "--start", "1,2,3"), "Invalid --start"),
     (("paths", "--preset", "nope"), "Invalid --preset"),
+    (("paths", "--preset", "notes", "--start", "3", "--steps", "9"), "--preset notes sets the surface, lrs and "
+                                                                    "steps itself: drop --start, --steps"),
     (("train", "--optimizers", "lion"), "Invalid optimizer: 'lion'"),
     (("train", "--epochs", "0"), "Invalid sizes"),
     (("sparse", "--density", "0"), "Invalid sparse problem"),
@@ -92,3 +94,36 @@ def test_bad_input_is_one_clear_line(tmp_path, arguments, message):
 def test_help_has_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Examples" in result.output and "--out" in result.output
+
+
+@pytest.mark.parametrize(("surface", "start"), [("rosenbrock", "100,100"), ("notes", "-5"), ("ellipse", "0,5.5")])
+def test_paths_refuses_a_start_outside_the_surface_box_before_writing(tmp_path, surface, start):
+    from fastapi.testclient import TestClient
+
+    from optimlab.serve import create_app
+
+    out = tmp_path / "figures"
+    result = invoke("paths", "--surface", surface, "--start", start, "--no-gif", "--out", out)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("error: Invalid start: ") and f"lies outside {surface}'s bounds" in lines[0]
+    assert not out.exists()
+    answer = TestClient(create_app()).post("/api/run", json={
+        "surface": surface, "start": [float(value) for value in start.split(",")],
+        "optimizers": [{"name": "sgd"}]})
+    assert answer.status_code == 422
+    assert lines[0] == f"error: {answer.json()['detail'][0]['msg']}"  # one check, one message
+
+
+def test_a_failed_computation_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import optimlab.lab.paths
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 291. TiB")
+
+    monkeypatch.setattr(optimlab.lab.paths, "lr_sweeps", too_big)
+    out = tmp_path / "figures"
+    result = invoke("paths", "--steps", "100000000000", "--no-gif", "--out", out)
+    assert result.exit_code == 2 and result.stderr.strip() == "error: not enough memory: Unable to allocate 291. TiB"
+    assert not out.exists()

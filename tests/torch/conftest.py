@@ -1,15 +1,17 @@
 """Shared fixtures for the PyTorch front end's tests.
 
-`TEST_BACKENDS` lists the backends every backend-parametrized test runs through. To run another backend
-through the whole suite, add its registered name to the list (one line), or for one run set
-`OPTIMLAB_TEST_BACKENDS=numba,triton`; a backend that is not registered on this machine (its dependency
-missing, or Triton without CUDA or `TRITON_INTERPRET=1`) is skipped, not failed.
+`TEST_BACKENDS` lists the backends every backend-parametrized test runs through: by default eager, numba and
+triton. To run another backend through the whole suite, add its registered name to `DEFAULT_BACKENDS` (one
+line). For one run, `OPTIMLAB_TEST_BACKENDS=eager` (or `numba,triton`) runs those instead of the default;
+a name that is not a backend stops the run with an error naming it and the valid ones. A backend that is not
+registered on this machine (its dependency missing, or Triton without CUDA or `TRITON_INTERPRET=1`) is
+skipped, not failed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -19,12 +21,36 @@ from optimlab.backends import BACKENDS
 from optimlab.rules import RULES
 from optimlab.torch import backends
 
-TEST_BACKENDS = [
+DEFAULT_BACKENDS = (
     "eager",
     "numba",
     "triton",  # its GPU kernels, run on CPU tensors by Triton's interpreter (see `backend`)
-    *filter(None, os.environ.get("OPTIMLAB_TEST_BACKENDS", "").split(",")),
-]
+)
+
+
+def selected_backends(variable: str | None, known: Iterable[str]) -> list[str]:
+    """The backends `OPTIMLAB_TEST_BACKENDS` names (comma-separated), or `DEFAULT_BACKENDS` when it is unset or
+    empty; `ValueError` naming the value and the valid names for a name that is not in `known`."""
+    names = [name.strip() for name in (variable or "").split(",") if name.strip()]
+    valid = sorted(set(known))
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"OPTIMLAB_TEST_BACKENDS={variable!r}: unknown backend {', '.join(map(repr, unknown))} "
+                         f"(expected comma-separated names from {', '.join(valid)})")
+    return list(dict.fromkeys(names)) or list(DEFAULT_BACKENDS)
+
+
+try:
+    TEST_BACKENDS = selected_backends(os.environ.get("OPTIMLAB_TEST_BACKENDS"), [*DEFAULT_BACKENDS, *backends()])
+    _SELECTION_ERROR = None
+except ValueError as error:
+    TEST_BACKENDS, _SELECTION_ERROR = [], str(error)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop the run before any test on a mistyped `OPTIMLAB_TEST_BACKENDS` (one line: `ERROR: ...`)."""
+    if _SELECTION_ERROR is not None:
+        raise pytest.UsageError(_SELECTION_ERROR)
 
 
 @pytest.fixture(params=TEST_BACKENDS)

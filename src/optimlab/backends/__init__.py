@@ -15,6 +15,10 @@ once per param group and distinct step count, where
 * `grad_scale`: where not None, gradients are divided by it before the rule (AMP's fused unscale);
   `grads` themselves are left as they are.
 
+Optionally, `step_counters(counters)` takes the params' `step` tensors and returns an object that advances
+them faster than the front end's portable `optimlab.torch._counters.StepCounters` (one `torch._foreach_add_`),
+with its three methods and semantics — `moved()`, `next_counts()`, `advance()` — or None to decline.
+
 `supports(...)` returns None when the backend can take the work, else a one-line reason; `backend="auto"`
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
 that reason as an error. `resolve(name, rule, hyperparameters, params, state_dtype)` makes that choice.

@@ -23,7 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
+from .._extras import requires_extra
+
+with requires_extra("optimlab.bench"):
+    import torch
 
 from ..backends import BACKENDS
 from ..rules import lookup
@@ -55,11 +58,16 @@ def gpt2_small_shapes(vocab: int = 50257, context: int = 1024, width: int = 768,
 
 
 def workloads(quick: bool = False) -> dict[str, Workload]:
-    """(a) GPT-2 small's shapes, (b) 10,000 tensors of 1,000, (c) one 16 M tensor; `quick`: tiny versions."""
+    """(a) GPT-2 small's shapes, (b) 10,000 tensors of 1,000, (c) one 16 M tensor; `quick`: tiny versions.
+
+    The quick ones keep the kind of each workload (GPT-2's mix of shapes, many equal small tensors, one big
+    one) at sizes that fit in a cache: a smoke test of the harness, whose timings mean nothing.
+    """
     if quick:
-        return {"gpt2": Workload("gpt2", "GPT-2-small-shaped, 1/16 width", gpt2_small_shapes(3141, 64, 48, 12)),
-                "many": Workload("many", "200 tensors × 1,000", ((1000,),) * 200),
-                "large": Workload("large", "one 256 K tensor", ((1 << 18,),))}
+        return {"gpt2": Workload("gpt2", "GPT-2-small-shaped, 2 blocks: 28 tiny tensors",
+                                 gpt2_small_shapes(256, 32, 16, layers=2)),
+                "many": Workload("many", "100 tensors × 1,000", ((1000,),) * 100),
+                "large": Workload("large", "one 64 K tensor", ((1 << 16,),))}
     return {"gpt2": Workload("gpt2", "GPT-2 small: 148 tensors, 124.4 M", gpt2_small_shapes()),
             "many": Workload("many", "10,000 tensors × 1,000", ((1000,),) * 10_000),
             "large": Workload("large", "one 16 M tensor", ((1 << 24,),))}
@@ -91,6 +99,10 @@ CASES = {case.name: case for case in (
     Case("adam-bf16-state", "adam", {"lr": LR}, "Adam", {"lr": LR}, state_dtype=torch.bfloat16),
 )}
 TORCH_VARIANTS = ("forloop", "foreach", "fused")
+#: The cases a quick run takes unless others are named: a stateless rule and Adam (each a kernel to compile).
+QUICK_CASES = ("sgd", "adam")
+#: What a quick run's table, Markdown and JSON say about its numbers.
+SMOKE_NOTE = "smoke run (--quick): tiny workloads, to check that everything runs; these timings mean nothing"
 
 
 @dataclass
@@ -110,12 +122,16 @@ class Result:
 
 @dataclass
 class Report:
+    """The results of a run; `smoke` marks a quick run, whose numbers mean nothing (`SMOKE_NOTE`)."""
+
     machine: dict[str, Any]
     roofline_gbps: float
     results: list[Result] = field(default_factory=list)
+    smoke: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "roofline_gbps": self.roofline_gbps,
+        return {"machine": self.machine, "roofline_gbps": self.roofline_gbps, "smoke": self.smoke,
+                **({"note": SMOKE_NOTE} if self.smoke else {}),
                 "results": [asdict(result) for result in self.results]}
 
 
@@ -196,7 +212,7 @@ class Platform:
 
 def cpu_platform(quick: bool = False) -> Platform:
     """The numba backend on this machine's CPU, timed by the host's clock."""
-    buffer = (1 << 22) if quick else (1 << 26)  # 16 MB or 256 MB per buffer: beyond any cache
+    buffer = (1 << 20) if quick else (1 << 26)  # 256 MB per buffer: beyond any cache (a quick run: 4 MB, anything)
     return Platform(device="cpu", backend="numba", machine=machine(), roofline=lambda: roofline(buffer))
 
 
@@ -264,10 +280,25 @@ def bytes_per_step(case: Case, workload: Workload) -> int:
 def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
         quick: bool = False, variants: Sequence[str] = TORCH_VARIANTS,
         progress: Callable[[str], None] = lambda message: None, platform: Platform | None = None) -> Report:
-    """Benchmark each case on each workload on `platform` (default: the CPU); see the module docstring."""
-    platform = platform or cpu_platform(quick)
+    """Benchmark each case on each workload on `platform` (default: the CPU); see the module docstring.
+
+    `quick` is a smoke run: the tiny `workloads(quick=True)`, torch on one thread (OpenMP threads waiting for
+    a busy core cost seconds there and measure nothing) and no garbage collection between cases.
+    """
+    threads = torch.get_num_threads()
+    if quick:
+        torch.set_num_threads(1)
+    try:
+        return _measure(case_names, workload_names, repetitions, warmup, quick, variants, progress,
+                        platform or cpu_platform(quick))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int, warmup: int, quick: bool,
+             variants: Sequence[str], progress: Callable[[str], None], platform: Platform) -> Report:
     available = workloads(quick)
-    report = Report(machine=platform.machine, roofline_gbps=platform.roofline())
+    report = Report(machine=platform.machine, roofline_gbps=platform.roofline(), smoke=quick)
     for workload_name in workload_names:
         workload = available[workload_name]
         generator = torch.Generator(device=platform.device).manual_seed(0)
@@ -301,10 +332,12 @@ def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: i
             result.gbps = result.bytes_per_step / (result.median_ms["optimlab"] / 1e3) / 1e9
             report.results.append(result)
             del ours, front_end, contenders, torch_optimizers
-            gc.collect()
+            if not quick:
+                gc.collect()
             platform.release()
         del params
-        gc.collect()
+        if not quick:
+            gc.collect()
         platform.release()
     # measured again at the end: the roofline is the better of the two, like the medians a fair best case
     report.roofline_gbps = max(report.roofline_gbps, platform.roofline())
@@ -339,13 +372,15 @@ def markdown(report: Report) -> str:
     """The report as a Markdown table with the machine it ran on."""
     header, body = rows(report)
     info = report.machine
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores (torch {info['torch']} with {info['torch_threads']} "
-             f"threads, numba {info['numba']} with {info['numba_threads']}); in-place roofline "
-             f"(`a.add_(b)`, same run): {report.roofline_gbps:.1f} GB/s.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"**{SMOKE_NOTE}.**", ""] if report.smoke else []
+    lines += [f"Machine: {info['cpu']}, {info['cores']} cores (torch {info['torch']} with {info['torch_threads']} "
+              f"threads, numba {info['numba']} with {info['numba_threads']}); in-place roofline "
+              f"(`a.add_(b)`, same run): {report.roofline_gbps:.1f} GB/s.", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CASES", "TORCH_VARIANTS", "Case", "OursRunner", "Report", "Result", "Workload", "bytes_per_step",
-           "gpt2_small_shapes", "machine", "markdown", "roofline", "rows", "run", "workloads"]
+__all__ = ["CASES", "QUICK_CASES", "SMOKE_NOTE", "TORCH_VARIANTS", "Case", "OursRunner", "Report", "Result",
+           "Workload", "bytes_per_step", "gpt2_small_shapes", "machine", "markdown", "roofline", "rows", "run",
+           "workloads"]

@@ -12,7 +12,7 @@ _WORKLOADS = ("gpt2", "many", "large")
 
 
 @app.command(epilog="""Examples:\n\n
-  optimlab bench --quick                          # a smoke run: tiny sizes, seconds\n\n
+  optimlab bench --quick                          # a smoke run: tiny sizes, seconds; timings mean nothing\n\n
   optimlab bench -o adam -o adamw -w gpt2 --reps 9\n\n
   optimlab bench --markdown > perf.md             # the table README's Performance section shows\n\n
   optimlab bench --json > bench.json\n\n
@@ -29,7 +29,9 @@ def bench(
     warmup: int = typer.Option(2, "--warmup", help="untimed steps per contender first (compiles kernels)"),
     torch_variant: list[str] = typer.Option(None, "--torch-variant",
                                             help="forloop, foreach, fused (repeatable; default all that exist)"),
-    quick: bool = typer.Option(False, "--quick", help="tiny workloads and 3 repetitions: a smoke test"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke run: sgd and adam (unless -o names others) on tiny "
+                                                      "workloads, 3 repetitions; checks that it runs, the "
+                                                      "timings mean nothing"),
     device: str = typer.Option("cpu", "--device", help="cpu (numba backend) or cuda (triton backend)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     as_markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
@@ -42,7 +44,7 @@ def bench(
     """
     from .. import bench as benchmark
 
-    cases = optimizer or list(benchmark.CASES)
+    cases = optimizer or list(benchmark.QUICK_CASES if quick else benchmark.CASES)
     unknown = [name for name in cases if name not in benchmark.CASES]
     if unknown:
         fail(f"unknown optimizer case {', '.join(unknown)} (expected some of {', '.join(benchmark.CASES)})")
@@ -81,19 +83,17 @@ def bench(
         typer.echo(benchmark.markdown(report), nl=False)
     else:
         _print_table(benchmark, report)
+    if report.smoke:  # on stderr too, whatever the format: the numbers above must not be quoted
+        error_console.print(f"note: {benchmark.SMOKE_NOTE}", highlight=False, soft_wrap=True)
 
 
 def _print_table(benchmark, report) -> None:
-    from rich.table import Table
-
     header, body = benchmark.rows(report)
     info = report.machine
-    table = Table(title=f"optimlab vs torch.optim — {info['cpu']}, {info['cores']} cores, "
-                        f"roofline {report.roofline_gbps:.1f} GB/s",
-                  caption="median ms per step (optimlab: the backend call; via optimlab.torch: the drop-in "
-                          "class); vs best torch > 1: optimlab faster; GB/s of useful traffic")
-    for index, name in enumerate(header):
-        table.add_column(name, justify="left" if index < 2 else "right")
-    for row in body:
-        table.add_row(*row)
-    print_table(table)
+    caption = ("median ms per step (optimlab: the backend call; via optimlab.torch: the drop-in class); "
+               "vs best torch > 1: optimlab faster; GB/s of useful traffic")
+    title = (f"optimlab vs torch.optim — {info['cpu']}, {info['cores']} cores, "
+             f"roofline {report.roofline_gbps:.1f} GB/s")
+    print_table(f"{title} — a smoke run: these timings mean nothing" if report.smoke else title, header, body,
+                key_columns=2, justify=["left" if index < 2 else "right" for index in range(len(header))],
+                caption=caption)

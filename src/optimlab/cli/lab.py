@@ -9,9 +9,8 @@ from typing import Any
 
 import typer
 
-from .app import app, console, error_console, fail
+from .app import OUT_OPTION, app, console, error_console, fail, one_line_errors, print_table
 
-_OUT_HELP = "folder for the figures, CSV files and report (created if missing)"
 _OPTIMIZERS_HELP = "comma-separated optimizers (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw)"
 _LR_HELP = "learning rates: one number for all, or name=value pairs, e.g. sgd=0.95,adam=0.3"
 _NOTES = "sgd,momentum,adagrad,rmsprop,adam"
@@ -66,11 +65,13 @@ def _start(text: str | None) -> list[float] | None:
 
 @contextmanager
 def _progress() -> Iterator[Any]:
-    """A rich progress display on stderr (stdout keeps only the list of files written)."""
+    """A rich progress display on stderr (stdout keeps only the list of files written); none when stderr is not
+    a terminal, so that a log or an error message reads clean."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=error_console, transient=True) as progress:
+                  TimeElapsedColumn(), console=error_console, transient=True,
+                  disable=not error_console.is_terminal) as progress:
         yield progress
 
 
@@ -94,6 +95,7 @@ def _written(out: Path, files: tuple[str, ...]) -> None:
   optimlab paths --surface rosenbrock --steps 300\n\n
   optimlab paths -s beale --lr sgd=0.01,adam=0.5 --start 1,1.5 --out figures\n\n
   optimlab paths -s saddle --optimizers sgd,momentum,adam --no-gif""")
+@one_line_errors
 def paths(
     surface: str = typer.Option("ellipse", "--surface", "-s",
                                 help="notes, ellipse, rosenbrock, beale, saddle or rastrigin"),
@@ -102,16 +104,17 @@ def paths(
     optimizers: str = typer.Option(_NOTES, help=_OPTIMIZERS_HELP),
     lr: str = typer.Option(None, help=_LR_HELP + "; the others are swept"),
     steps: int = typer.Option(None, help="steps per optimizer (default: per surface, e.g. 30 on the ellipse)"),
-    start: str = typer.Option(None, help="start point, comma-separated (default: the surface's)"),
+    start: str = typer.Option(None, help="start point, comma-separated, inside the surface's box (default: the "
+                                         "surface's own)"),
     sweep_size: int = typer.Option(200, help="learning rates per sweep (log-spaced from 1e-3 to 10)"),
     gif: bool = typer.Option(True, "--gif/--no-gif", help="also write the animated GIF (2-D surfaces)"),
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
 ) -> None:
     """Contour plot of each optimizer's trajectory (PNG, GIF, CSV), at the lr its sweep found best.
 
     One vectorized lr sweep per optimizer picks its lr (lowest mean f along the path) unless --lr gives it.
     """
-    from ..lab.paths import PRESETS
+    from ..lab.paths import PRESETS, check_start
     from ..lab.surfaces import lookup_surface
     from ..lab.tour import paths_experiment, preset_experiment
 
@@ -121,25 +124,24 @@ def paths(
         fail(f"Invalid --sweep-size: {sweep_size} (must be >= 1)")
     if preset is not None and preset not in PRESETS:
         fail(f"Invalid --preset: {preset!r} (expected one of {', '.join(PRESETS)})")
-    try:
-        dim = lookup_surface(surface).dim
-    except ValueError as error:
-        fail(str(error))
+    overridden = [name for name, value in (("--start", start), ("--lr", lr), ("--steps", steps)) if value is not None]
+    if preset is not None and overridden:
+        fail(f"--preset {preset} sets the surface, lrs and steps itself: drop {', '.join(overridden)} "
+             "(or the preset)")
+    chosen = lookup_surface(surface)
     point = _start(start)
-    if point is not None and len(point) != dim:
-        fail(f"Invalid --start: {start!r} has {len(point)} coordinate(s); {surface} takes {dim}")
+    if point is not None and len(point) != chosen.dim:
+        fail(f"Invalid --start: {start!r} has {len(point)} coordinate(s); {surface} takes {chosen.dim}")
+    check_start(chosen, point)  # before any file is written: the picture shows the surface's box
     if steps is not None and steps < 1:
         fail(f"Invalid --steps: {steps} (must be >= 1)")
-    try:
-        with _progress() as progress:
-            announce = _announcer(progress)
-            if preset is not None:
-                section = preset_experiment(out, preset, gif=gif, announce=announce)
-            else:
-                section = paths_experiment(out, surface, names, lrs, steps, point, sweep_size, gif,
-                                           announce=announce)
-    except ValueError as error:
-        fail(str(error))
+    with _progress() as progress:
+        announce = _announcer(progress)
+        if preset is not None:
+            section = preset_experiment(out, preset, gif=gif, announce=announce)
+        else:
+            section = paths_experiment(out, surface, names, lrs, steps, point, sweep_size, gif,
+                                       announce=announce)
     _written(out, section.files)
 
 
@@ -147,6 +149,7 @@ def paths(
   optimlab train                            # the notes' five optimizers, 10 epochs\n\n
   optimlab train --optimizers sgd,adam --lr sgd=0.1,adam=0.001 --epochs 20\n\n
   optimlab train --span 50 --seed 1 --out runs/seed1""")
+@one_line_errors
 def train(
     optimizers: str = typer.Option(_NOTES, help=_OPTIMIZERS_HELP),
     lr: str = typer.Option(None, help=_LR_HELP + " (default: each optimizer's tuned lr)"),
@@ -155,7 +158,7 @@ def train(
     hidden: int = typer.Option(64, help="hidden units"),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     span: int = typer.Option(20, help="EMA span N of the smoothed curves (α = 2/(N+1))"),
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
 ) -> None:
     """Train a small MLP on scikit-learn's digits with every optimizer: same seed, same init, same batches.
 
@@ -169,13 +172,10 @@ def train(
     if min(epochs, batch_size, hidden, span) < 1:
         fail(f"Invalid sizes: epochs={epochs}, batch-size={batch_size}, hidden={hidden}, span={span} "
              "(each must be >= 1)")
-    try:
-        with _progress() as progress:
-            per_optimizer = epochs * steps_per_epoch(load_digits_split(seed), batch_size)
-            section = train_experiment(out, names, lrs, epochs, batch_size, hidden, seed, span,
-                                       _train_progress(progress, names, per_optimizer))
-    except ValueError as error:
-        fail(str(error))
+    with _progress() as progress:
+        per_optimizer = epochs * steps_per_epoch(load_digits_split(seed), batch_size)
+        section = train_experiment(out, names, lrs, epochs, batch_size, hidden, seed, span,
+                                   _train_progress(progress, names, per_optimizer))
     _written(out, section.files)
 
 
@@ -183,6 +183,7 @@ def train(
   optimlab sparse                           # a₂ non-zero in 1 % of 5,000 samples\n\n
   optimlab sparse --density 0.005 --samples 10000 --tolerance 0.05\n\n
   optimlab sparse --optimizers sgd,adagrad --lr sgd=0.1,adagrad=0.8""")
+@one_line_errors
 def sparse(
     optimizers: str = typer.Option(_NOTES, help=_OPTIMIZERS_HELP),
     lr: str = typer.Option(None, help=_LR_HELP + "; the others are swept"),
@@ -191,7 +192,7 @@ def sparse(
     noise: float = typer.Option(0.1, help="standard deviation of the label noise"),
     tolerance: float = typer.Option(0.1, help="|w − w*| counted as arrived"),
     seed: int = typer.Option(0, help="seed of the data"),
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
 ) -> None:
     """The notes' AdaGrad argument: a weight whose input is almost always 0 learns late — unless its rate is its own.
 
@@ -204,12 +205,9 @@ def sparse(
     lrs = _lrs(lr, names)
     if not tolerance > 0:
         fail(f"Invalid --tolerance: {tolerance} (must be > 0)")
-    try:
-        with _progress() as progress:
-            _announcer(progress)(f"racing {len(names)} optimizers over {samples} samples")
-            section = sparse_experiment(out, names, lrs, samples, density, noise, tolerance, seed)
-    except ValueError as error:
-        fail(str(error))
+    with _progress() as progress:
+        _announcer(progress)(f"racing {len(names)} optimizers over {samples} samples")
+        section = sparse_experiment(out, names, lrs, samples, density, noise, tolerance, seed)
     _written(out, section.files)
     _print_summary(out / "sparse-summary.csv", tolerance)
 
@@ -217,24 +215,20 @@ def sparse(
 def _print_summary(path: Path, tolerance: float) -> None:
     import csv
 
-    from rich.table import Table
-
-    table = Table(title=f"steps until the error stays below {tolerance:g}")
-    for header in ("optimizer", "lr", "dense weights", "w₂ (sparse)", "all", "final |w₂ − w₂*|"):
-        table.add_column(header, justify="right")
     with path.open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            table.add_row(row["optimizer"], f"{float(row['lr']):.3g}", row["dense_steps"] or "never",
-                          row["sparse_steps"] or "never", row["all_steps"] or "never",
-                          f"{float(row['final_sparse_error']):.3g}")
-    console.print(table)
+        rows = [[row["optimizer"], f"{float(row['lr']):.3g}", row["dense_steps"] or "never",
+                 row["sparse_steps"] or "never", row["all_steps"] or "never", f"{float(row['final_sparse_error']):.3g}"]
+                for row in csv.DictReader(handle)]
+    print_table(f"steps until the error stays below {tolerance:g}",
+                ["optimizer", "lr", "dense weights", "w₂ (sparse)", "all", "final |w₂ − w₂*|"], rows)
 
 
 @app.command(epilog="""Examples:\n\n
   optimlab tour                             # writes optimlab-report/index.html\n\n
   optimlab tour --out /tmp/report --epochs 4""")
+@one_line_errors
 def tour(
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
     epochs: int = typer.Option(8, help="training epochs (the tour's small default)"),
     seed: int = typer.Option(0, help="seed of the training run and the sparse data"),
 ) -> None:
@@ -249,12 +243,9 @@ def tour(
 
     if epochs < 1:
         fail(f"Invalid --epochs: {epochs} (must be >= 1)")
-    try:
-        with _progress() as progress:
-            announce = _announcer(progress)
-            on_step = _train_progress(progress, list(NOTES_OPTIMIZERS),
-                                      epochs * steps_per_epoch(load_digits_split(seed), 32))
-            index = run_tour(out, seed=seed, epochs=epochs, announce=announce, on_train_step=on_step)
-    except ValueError as error:
-        fail(str(error))
+    with _progress() as progress:
+        announce = _announcer(progress)
+        on_step = _train_progress(progress, list(NOTES_OPTIMIZERS),
+                                  epochs * steps_per_epoch(load_digits_split(seed), 32))
+        index = run_tour(out, seed=seed, epochs=epochs, announce=announce, on_train_step=on_step)
     console.print(str(index), highlight=False, soft_wrap=True)

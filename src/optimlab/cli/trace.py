@@ -9,8 +9,9 @@ from enum import Enum
 from typing import Any
 
 import typer
+from rich.text import Text
 
-from .app import app, fail, print_table
+from .app import app, error_console, fail, one_line_errors, print_table
 
 # Hyperparameter options: CLI name -> (rule hyperparameter, help). Each is passed only when given.
 _OPTION_HELP = {
@@ -42,6 +43,7 @@ class Format(str, Enum):
   optimlab trace adam --lr 0.1 --eps 0 --eps-root 1e-8          # ε inside the root, as the notes write it\n\n
   optimlab trace momentum --lr 0.01 --momentum 0.9 --steps 5 --format csv\n\n
   optimlab trace rmsprop --function "x**2/20 + y**2" --start -7,2 --lr 0.1 --format json""")
+@one_line_errors
 def trace(
     optimizer: str = typer.Argument(..., help="sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw"),
     function: str = typer.Option("notes", "--function", "-f",
@@ -71,31 +73,33 @@ def trace(
 
     For Adam: g, m, v, m̂, v̂, the efficient form's α_t, the update and x; for Momentum the buffer b and the
     notes' V_t = η b_t; for AdaGrad h; for RMSProp s.
+
+    A run that diverges is cut before the step at which a value became NaN or infinite, and says so (as the
+    playground does): "diverged at step N: ... became non-finite; shown up to step N − 1".
     """
     from ..rules import lookup
     from ..tracing import function as lookup_function
-    from ..tracing import trace as run_trace
+    from ..tracing import trace_run
 
-    try:
-        rule, _ = lookup(optimizer)
-    except ValueError as error:
-        fail(str(error))
+    rule, _ = lookup(optimizer)
     given = {name: value for name, value in locals().items() if name in _OPTION_HELP and value is not None}
     hyperparameters = _hyperparameters(rule.name, rule.hyperparameters, given)
-    try:
-        target = lookup_function(function)
-        point = list(target.start) if start is None else _start(start)
-        rows = run_trace(optimizer, target, point, steps, lr=lr, **hyperparameters)
-    except ValueError as error:
-        fail(str(error))
+    target = lookup_function(function)
+    point = list(target.start) if start is None else _start(start)
+    result = trace_run(optimizer, target, point, steps, lr=lr, **hyperparameters)
+    message = None if result.divergence is None else result.divergence.message
     if output_format is Format.json:
         typer.echo(json.dumps({"optimizer": optimizer.lower(), "function": target.formula,
-                               "start": _plain_start(point),
-                               "hyperparameters": {"lr": lr, **hyperparameters}, "steps": rows}, indent=2))
+                               "start": _plain_start(point), "hyperparameters": {"lr": lr, **hyperparameters},
+                               "diverged": message is not None, "message": message, "steps": result.rows},
+                              indent=2))
     elif output_format is Format.csv:
-        typer.echo(_csv(rows), nl=False)
+        typer.echo(_csv(result.rows), nl=False)
     else:
-        _table(optimizer, target.formula, point, lr, hyperparameters, rows)
+        _table(optimizer, target.formula, point, lr, hyperparameters, result.rows)
+    if message is not None:
+        error_console.print(Text.assemble(("warning:", "bold yellow"), " ", message), highlight=False,
+                            soft_wrap=True)
 
 
 def _hyperparameters(rule_name: str, accepted: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +148,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
             else:
                 record[key] = value
         flat.append(record)
+    if not flat:
+        return ""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
     writer.writeheader()
@@ -159,13 +165,10 @@ _HEADERS = {"g": "g_t", "m": "m_t", "v": "v_t", "m_hat": "m̂_t", "v_hat": "v̂_
 
 def _table(optimizer: str, formula: str, start: list[float], lr: float, hyperparameters: dict[str, Any],
            rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
+    if not rows:
+        return
     settings = ", ".join(f"{key}={value}" for key, value in {"lr": lr, **hyperparameters}.items())
     equation = formula if "=" in formula else f"f = {formula}"
-    table = Table(title=f"{optimizer} on {equation} from x₀ = {_format(_plain_start(start))} ({settings})")
-    for key in rows[0]:
-        table.add_column(_HEADERS.get(key, key), justify="right")
-    for row in rows:
-        table.add_row(*(_format(value) for value in row.values()))
-    print_table(table)
+    print_table(f"{optimizer} on {equation} from x₀ = {_format(_plain_start(start))} ({settings})",
+                [_HEADERS.get(key, key) for key in rows[0]],
+                [[_format(value) for value in row.values()] for row in rows])

@@ -19,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import requires_extra
 from .style import NOTES_OPTIMIZERS, color, format_lr, label, new_figure
 from .surfaces import Surface, lookup_surface
 from .sweep import Run, Sweep, run, sweep
 
 #: Surfaces whose values span many decades: contour levels are log-spaced there.
 LOG_LEVELS = frozenset({"rosenbrock", "beale"})
+#: A run has arrived at step t when ‖x_t − x*‖ < ARRIVAL_TOLERANCE: the one criterion of the report's tables
+#: and of the 1-D plot's distance panel.
+ARRIVAL_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,22 @@ PRESETS: dict[str, Preset] = {
                     "the notes' worked example (SPEC §6): f(x) = (2x − 10)² from x₀ = 0; Adam starts slower "
                     "than GD, yet arrives"),
 }
+
+
+def check_start(surface: Surface, start: Sequence[float] | None) -> list[float]:
+    """`start` as floats (default: the surface's), if it lies in the surface's box, the extent of its picture.
+
+    Raises `ValueError` naming the start and the box; the playground's API refuses the same starts (HTTP 422).
+    """
+    if start is None:
+        return [float(coordinate) for coordinate in surface.start]
+    if len(start) != surface.dim:
+        raise ValueError(f"Invalid start: {surface.name} takes {surface.dim} coordinate(s), got {len(start)}")
+    for coordinate, (low, high) in zip(start, surface.bounds, strict=True):
+        if not low <= coordinate <= high:  # NaN fails this too
+            box = " × ".join(f"[{low:g}, {high:g}]" for low, high in surface.bounds)
+            raise ValueError(f"Invalid start: {list(start)} lies outside {surface.name}'s bounds {box}")
+    return [float(coordinate) for coordinate in start]
 
 
 def lr_sweeps(surface: Surface | str, optimizers: Iterable[str], steps: int,
@@ -71,6 +91,23 @@ def compare(surface: Surface | str, optimizers: Iterable[str] | None = None,
             result = chosen_from[name]
             given[name] = float(result.hyperparameters["lr"][result.best()])
     return {name: run(surface, name, {"lr": given[name]}, start=start, steps=steps) for name in names}
+
+
+def distance_to_minimum(surface: Surface, result: Run) -> np.ndarray | None:
+    """‖x_t − x*‖ for t = 0..T (Euclidean), or `None` where the surface has no minimizer."""
+    if surface.minimum is None:
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.linalg.norm(result.path - np.asarray(surface.minimum), axis=-1)
+
+
+def arrival_step(surface: Surface, result: Run, tolerance: float = ARRIVAL_TOLERANCE) -> int | None:
+    """The first step t with ‖x_t − x*‖ < `tolerance`, or `None` if the run never gets there (or there is no x*)."""
+    distance = distance_to_minimum(surface, result)
+    if distance is None:
+        return None
+    below = np.flatnonzero(distance < tolerance)
+    return int(below[0]) if below.size else None
 
 
 def _grid(surface: Surface, resolution: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,7 +184,8 @@ def _plot_paths_1d(surface: Surface, runs: Mapping[str, Run], path: Path) -> Pat
         with np.errstate(divide="ignore"):
             distance.plot(np.arange(result.steps + 1), np.abs(result.path[:, 0] - minimum), color=color(name),
                           linewidth=1.5, label=_run_label(name, result))
-    distance.axhline(1e-3, color="black", linestyle=":", linewidth=1, label="tolerance 10⁻³")
+    distance.axhline(ARRIVAL_TOLERANCE, color="black", linestyle=":", linewidth=1,
+                     label=f"arrived: |x_t − {minimum:g}| < {ARRIVAL_TOLERANCE:g}")
     distance.set_yscale("log")
     curve.set(xlabel="x", ylabel="f(x)", title=f"{surface.formula}: where the iterates land")
     curve.legend(fontsize=8)
@@ -162,7 +200,8 @@ def _plot_paths_1d(surface: Surface, runs: Mapping[str, Run], path: Path) -> Pat
 def animate_paths(surface: Surface | str, runs: Mapping[str, Run], path: Path | str, max_frames: int = 60,
                   frame_ms: int = 120) -> Path:
     """All optimizers racing on one contour plot, as an animated GIF (at most `max_frames` frames)."""
-    from PIL import Image
+    with requires_extra("the lab's animations"):
+        from PIL import Image
 
     surface = lookup_surface(surface) if isinstance(surface, str) else surface
     if surface.dim != 2:
@@ -209,8 +248,7 @@ def plot_lr_sweep(surface: Surface | str, sweeps: Mapping[str, Sweep], path: Pat
     axes.set_xlabel("learning rate η (log scale)")
     axes.set_ylabel("mean f(x_t) − f* over the steps" + (" (symlog)" if surface.minimum is None else " (log)"))
     axes.set_title(f"{surface.title}: lr sweeps, {steps} steps each\n"
-                   "(one vectorized run per optimizer; where a line stops, the path diverged or left the picture)",
-                   fontsize=10)
+                   "(a line stops where the path diverged or left the picture)", fontsize=10)
     axes.legend(fontsize=8)
     axes.grid(True, which="major", alpha=0.3)
     figure.savefig(path)
@@ -232,5 +270,5 @@ def write_paths_csv(runs: Mapping[str, Run], path: Path | str) -> Path:
     return path
 
 
-__all__ = ["LOG_LEVELS", "PRESETS", "Preset", "animate_paths", "compare", "lr_sweeps", "plot_lr_sweep",
-           "plot_paths", "write_paths_csv"]
+__all__ = ["ARRIVAL_TOLERANCE", "LOG_LEVELS", "PRESETS", "Preset", "animate_paths", "arrival_step", "check_start",
+           "compare", "distance_to_minimum", "lr_sweeps", "plot_lr_sweep", "plot_paths", "write_paths_csv"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._extras import requires_extra
+
 LABELS: dict[str, str] = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
                           "rmsprop": "RMSProp", "adam": "Adam", "adamw": "AdamW"}
 COLORS: dict[str, str] = {"sgd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#8c564b", "adagrad": "#2ca02c",
@@ -24,8 +26,9 @@ def color(optimizer: str) -> str:
 
 def new_figure(width: float, height: float) -> Any:
     """A matplotlib `Figure` on the Agg canvas: no pyplot global state, safe in threads and servers."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    with requires_extra("the lab's figures"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)

@@ -18,7 +18,7 @@ import numpy as np
 from . import paths, sparse, train, why
 from .report import Section, figure, link, raw, table, write_report
 from .style import NOTES_OPTIMIZERS, format_lr, label
-from .surfaces import lookup_surface
+from .surfaces import Surface, lookup_surface
 from .sweep import run, sweep
 
 #: Steps shown per surface when none are given: enough for each picture to tell its story.
@@ -28,6 +28,13 @@ STEPS: dict[str, int] = {"notes": 30, "ellipse": 30, "rosenbrock": 300, "beale":
 TOUR_SURFACES: tuple[str, ...] = ("ellipse", "rosenbrock", "beale", "saddle", "rastrigin")
 
 Announce = Callable[[str], None]
+
+
+def _folder(out: Path | str) -> Path:
+    """`out`, created if missing, once there is something to write into it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _say(announce: Announce | None, message: str) -> None:
@@ -45,9 +52,8 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
     Writes `paths-<name>.png` (contour panels), `.csv` (the points), `.gif` (if `gif` and 2-D) and, where lrs
     were swept, `lr-sweep-<name>.png`.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     surface_ = lookup_surface(surface)
+    start = paths.check_start(surface_, start)
     steps = STEPS.get(surface_.name, 100) if steps is None else steps
     name = name or surface_.name
     given = dict(lrs or {})
@@ -57,6 +63,7 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
          else f"{surface_.name}: running {len(given)} optimizers")
     sweeps = paths.lr_sweeps(surface_, swept, steps, grid, start)
     runs = paths.compare(surface_, optimizers, given, steps, start, sweeps)
+    out = _folder(out)  # only now: a refused or failed computation leaves no folder behind
     files = [paths.plot_paths(surface_, runs, out / f"paths-{name}.png").name,
              paths.write_paths_csv(runs, out / f"paths-{name}.csv").name]
     body = [f"<p>{note or surface_.description}</p>",
@@ -69,20 +76,30 @@ def paths_experiment(out: Path | str, surface: str = "ellipse", optimizers: Sequ
         files.append(paths.plot_lr_sweep(surface_, sweeps, out / f"lr-sweep-{name}.png").name)
         body.append(figure(files[-1], "Where each lr came from: one vectorized sweep per optimizer, scored by "
                                       "the mean of f − f* along the path (lower is better)."))
-    floor = surface_.minimum_value
     rows = [[label(optimizer), format_lr(result.hyperparameters["lr"]), "given" if optimizer in given else "sweep",
-             f"{result.loss[-1]:.4g}", "—" if floor is None else _first_below(result.loss - floor, 1e-3)]
+             f"{result.loss[-1]:.4g}", _steps(paths.arrival_step(surface_, result))]
             for optimizer, result in runs.items()]
-    body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", "first step with f − f* < 10⁻³"],
-                      rows))
+    body.append(table(["optimizer", "lr", "lr from", f"f after {steps} steps", ARRIVED], rows))
+    body.append(f"<p>{_arrival_note(surface_)}</p>")
     body.append(f"<p>Data: {link(files[1])}</p>")
     title = title or f"Paths: {surface_.title}" + (", lrs from sweeps" if len(given) < len(runs) else "")
     return Section(f"paths-{name}", title, "".join(body), tuple(files))
 
 
-def _first_below(values: np.ndarray, threshold: float) -> str:
-    below = np.nonzero(values < threshold)[0]
-    return str(int(below[0])) if len(below) else "—"
+#: The arrival column of every table in the report, with the criterion it counts (`paths.arrival_step`).
+ARRIVED = "arrived at step (‖x_t − x*‖ < 10⁻³)"
+
+
+def _steps(step: int | None) -> str:
+    return "—" if step is None else str(step)
+
+
+def _arrival_note(surface: Surface) -> str:
+    if surface.minimum is None:
+        return f"{surface.title} has no minimum: no run arrives (—)."
+    where = ", ".join(f"{value:g}" for value in surface.minimum)
+    return (f"Arrived: the first step t at which x_t lies within {paths.ARRIVAL_TOLERANCE:g} of the minimizer "
+            f"x* = ({where}) (Euclidean distance); — : not within the steps shown.")
 
 
 def preset_experiment(out: Path | str, preset: str, gif: bool = True, announce: Announce | None = None) -> Section:
@@ -100,9 +117,8 @@ def train_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZE
                      hidden: int = 64, seed: int = 0, span: int = 20,
                      on_step: Callable[[str], None] | None = None) -> Section:
     """Train the digits MLP with each optimizer; writes `train-curves.png` and `train-metrics.csv`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = train.train_all(optimizers, lrs, epochs, batch_size, hidden, seed, on_step)
+    out = _folder(out)
     picture = train.plot_training(runs, out / "train-curves.png", span).name
     data = train.write_training_csv(runs, out / "train-metrics.csv", span).name
     rows = [[label(name), format_lr(result.lr), f"{result.test_loss[-1]:.4f}", f"{result.test_accuracy[-1]:.2%}",
@@ -121,10 +137,9 @@ def sparse_experiment(out: Path | str, optimizers: Sequence[str] = NOTES_OPTIMIZ
                       lrs: Mapping[str, float] | None = None, samples: int = 5000, density: float = 0.01,
                       noise: float = 0.1, tolerance: float = 0.1, seed: int = 0) -> Section:
     """The notes' sparse-feature argument; writes `sparse-errors.png`, `sparse-weights.csv`, `sparse-summary.csv`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     problem = sparse.make_problem(samples, density, noise, seed)
     runs = sparse.race(problem, optimizers, lrs, tolerance)
+    out = _folder(out)
     picture = sparse.plot_sparse(problem, runs, out / "sparse-errors.png").name
     data = sparse.write_sparse_csv(runs, out / "sparse-weights.csv").name
     summary = sparse.summary_rows(runs)
@@ -160,7 +175,7 @@ def worked_example_section() -> Section:
     alpha_1, x_1 = adam.trace["alpha_t"][0, 0], adam.path[1, 0]
     gd = run("notes", "sgd", {"lr": 0.1}, steps=300)
     adam_long = run("notes", "adam", {"lr": 0.1, "eps": 0.0, "eps_root": 1e-8}, steps=300)
-    gd_steps, adam_steps = (_first_below(np.abs(result.path[:, 0] - 5.0), 1e-3) for result in (gd, adam_long))
+    gd_steps, adam_steps = (_steps(paths.arrival_step(adam.surface, result)) for result in (gd, adam_long))
     claims = [
         ["m₁ (the notes' a₁)", "−4", raw(f'<span class="right">{adam.trace["m"][0, 0]:.10g}</span>'), "right"],
         ["v₁ (the notes' b₁)", "1.6", raw(f'<span class="right">{adam.trace["v"][0, 0]:.10g}</span>'), "right"],
@@ -169,7 +184,7 @@ def worked_example_section() -> Section:
          "the notes divide by √(1 − β₁); the paper (§2) divides by 1 − β₁"],
         ["x₁", raw('<span class="wrong">0.0499</span>'), raw(f'<span class="right">{x_1:.10f}</span>'),
          "x₁ = x₀ − α₁ m₁ / √v₁ = 0.0316 · 4 / 1.2649 = 0.1: Adam's first step is η · sign(g)"],
-        ["first t with |x − 5| < 10⁻³", "“slower than GD, yet it arrives”",
+        ["arrived at step (|x_t − 5| < 10⁻³)", "“slower than GD, yet it arrives”",
          f"GD (lr 0.1): {gd_steps}; Adam: {adam_steps}", "both arrive; Adam's steps are capped near η"],
     ]
     body = ("<p>The notes compute Adam by hand on f(x) = (2x − 10)², ∇f = 4(2x − 10), from x₀ = 0 with η = 0.1, "

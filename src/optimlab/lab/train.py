@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import requires_extra
 from ..ema import ema, span_to_alpha
 from ..numpy import create
 from .style import color, format_lr, label, new_figure
@@ -42,8 +43,9 @@ class Digits:
 
 def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> Digits:
     """scikit-learn's bundled digits (1,797 images, no download), split by a seeded, stratified shuffle."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    with requires_extra("the lab's digits data"):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
     data = load_digits()
     train_x, test_x, train_y, test_y = train_test_split(data.data / 16.0, data.target, test_size=test_fraction,

@@ -3,6 +3,9 @@
 `RULES` maps a rule's name to it; `OPTIMIZERS` maps every optimizer name the front ends accept to
 `(rule, hyperparameter overrides)`: Momentum and Nesterov are the momentum rule, AdamW is Adam with
 decoupled weight decay.
+
+Each rule's docstring cites its math as "SPEC §n": section §n of docs/math.md, the study notes' content
+restated in English with their errata.
 """
 
 from __future__ import annotations

@@ -99,10 +99,15 @@ def rebind(function: Callable, namespace: Mapping[str, Any]) -> Callable:
 # --- validation: each raises ValueError naming the argument and the value ---------------------------------
 
 def _as_float(name: str, value: Any) -> float:
-    is_scalar_tensor = hasattr(value, "dim") and value.dim() == 0 and not value.is_complex()
+    # a one-element tensor of any shape is a number, as torch.optim takes `lr=torch.tensor([1e-3])`
+    is_scalar_tensor = hasattr(value, "numel") and value.numel() == 1 and not value.is_complex()
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) or is_scalar_tensor):
         raise ValueError(f"Invalid {name}: {value!r} (expected a real number)")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        shown = f"an integer of {math.floor(math.log10(abs(value))) + 1} digits" if isinstance(value, int) else value
+        raise ValueError(f"Invalid {name}: {shown} (must be a finite number)") from None
     if math.isnan(number):
         raise ValueError(f"Invalid {name}: {value!r} (must not be NaN)")
     return number

@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
-from .app import create_app
+from .._extras import requires_extra
+
+with requires_extra("optimlab.serve"):
+    from .app import create_app
 
 __all__ = ["create_app"]

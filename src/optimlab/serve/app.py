@@ -26,9 +26,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..lab import Run, run
+from ..lab.paths import check_start
 from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
 from ..rules import OPTIMIZERS
+from ..tracing import divergence
 from .models import (
     MAX_BODY_BYTES,
     MAX_TOTAL_STEPS,
@@ -217,36 +219,22 @@ def simulate(request: RunRequest) -> RunResponse:
 
 def run_result(result: Run) -> RunResult:
     """A lab `Run` as JSON-safe lists, cut before the first step at which any value is not finite."""
-    # Per quantity, row t is True where step t made it non-finite (row 0 is the start: x and f only).
-    nonfinite = {"x": ~np.isfinite(result.path).all(axis=-1), "f": ~np.isfinite(result.loss)}
-    for name, values in result.trace.items():
-        nonfinite[name] = np.concatenate([[False], ~np.isfinite(values).all(axis=-1)])
-    broken = np.flatnonzero(np.logical_or.reduce(list(nonfinite.values())))
-    kept = int(broken[0]) if broken.size else len(result.path)  # rows of path kept: x_0 .. x_{kept−1}
+    broken = divergence(result)
+    kept = len(result.path) if broken is None else broken.step  # rows of path kept: x_0 .. x_{kept−1}
     steps = max(kept - 1, 0)
-    message = None
-    if broken.size:
-        names = ", ".join(name for name, rows in nonfinite.items() if rows[kept])
-        message = f"diverged at step {kept}: {names} became non-finite; shown up to step {steps}"
     hyperparameters = {name: list(value) if isinstance(value, tuple) else value
                        for name, value in result.hyperparameters.items()}
     return RunResult(name=result.optimizer, hyperparameters=hyperparameters,
                      path=result.path[:kept].tolist(), loss=result.loss[:kept].tolist(),
                      trace={name: values[:steps].tolist() for name, values in result.trace.items()},
-                     steps=steps, diverged=bool(broken.size), message=message)
+                     steps=steps, diverged=broken is not None, message=None if broken is None else broken.message)
 
 
 def _start(surface: Surface, start: list[float] | None) -> list[float]:
-    if start is None:
-        return list(surface.start)
-    if len(start) != surface.dim:
-        raise _invalid(("body", "start"), f"{surface.name} takes {surface.dim} coordinate(s), got {len(start)}",
-                       start)
-    for coordinate, (low, high) in zip(start, surface.bounds, strict=True):
-        if not low <= coordinate <= high:
-            box = " × ".join(f"[{low:g}, {high:g}]" for low, high in surface.bounds)
-            raise _invalid(("body", "start"), f"start {start} lies outside {surface.name}'s bounds {box}", start)
-    return [float(coordinate) for coordinate in start]
+    try:
+        return check_start(surface, start)
+    except ValueError as error:
+        raise _invalid(("body", "start"), str(error), start) from None
 
 
 def _invalid(location: tuple[str | int, ...], message: str, given: Any) -> RequestValidationError:

@@ -17,12 +17,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-
+from .._extras import requires_extra
 from ..rules import RULES, Rule, lookup
-from .optimizer import Optimizer, load_optional_backends
+
+with requires_extra("optimlab.torch"):
+    import torch
+    from torch.optim.optimizer import _to_scalar
+
+    from .optimizer import Optimizer, load_optional_backends
 
 Params = Iterable[Any]
+
+
+def _hyperparameters(group: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The group's values of `names`, one-element tensors made 0-dim as `torch.optim` does (`lr=tensor([1e-3])`)."""
+    def scalar(value: Any) -> Any:
+        return tuple(map(_to_scalar, value)) if isinstance(value, (tuple, list)) else _to_scalar(value)
+    return {name: scalar(group[name]) for name in names}
 
 
 def _optimlab_keys(backend: str, state_dtype: torch.dtype | None, skip_nonfinite: bool) -> dict[str, Any]:
@@ -35,6 +46,8 @@ class SGD(Optimizer):
 
     torch_name = "SGD"
     counts_steps = False
+    setstate_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
+                         "fused": False}
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
@@ -50,9 +63,9 @@ class SGD(Optimizer):
     def rule_for(self, group: Mapping[str, Any]) -> tuple[Rule, dict[str, Any]]:
         """`sgd` for momentum 0 (PyTorch keeps no buffer then), else `momentum`."""
         if group["momentum"] == 0 and not group["nesterov"]:
-            return RULES["sgd"], {name: group[name] for name in ("lr", "weight_decay", "maximize")}
+            return RULES["sgd"], _hyperparameters(group, ("lr", "weight_decay", "maximize"))
         rule = RULES["momentum"]
-        return rule, {name: group[name] for name in rule.hyperparameters}
+        return rule, _hyperparameters(group, rule.hyperparameters)
 
 
 class Momentum(SGD):
@@ -70,7 +83,7 @@ class _RuleOptimizer(Optimizer):
 
     def rule_for(self, group: Mapping[str, Any]) -> tuple[Rule, dict[str, Any]]:
         """This class's rule; its hyperparameters are the group's keys of the same names."""
-        return self.rule, {name: group[name] for name in self.rule.hyperparameters}
+        return self.rule, _hyperparameters(group, self.rule.hyperparameters)
 
 
 class Adagrad(_RuleOptimizer):
@@ -82,6 +95,7 @@ class Adagrad(_RuleOptimizer):
     torch_name = "Adagrad"
     rule = RULES["adagrad"]
     supports_sparse = True
+    setstate_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,
@@ -101,6 +115,8 @@ class RMSprop(_RuleOptimizer):
 
     torch_name = "RMSprop"
     rule = RULES["rmsprop"]
+    setstate_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
+                         "differentiable": False, "capturable": False}
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
@@ -122,6 +138,8 @@ class Adam(_RuleOptimizer):
 
     torch_name = "Adam"
     rule = RULES["adam"]
+    setstate_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                         "differentiable": False, "decoupled_weight_decay": False, "fused": None}
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999), eps: float = 1e-8,

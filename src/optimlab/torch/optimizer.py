@@ -1,16 +1,16 @@
 """The `torch.optim.Optimizer` subclass every optimlab PyTorch optimizer is: bookkeeping only, no math.
 
 Per step, for each param group: pick the rule (`rule_for`), create missing state (PyTorch's keys, `step` a
-float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params, gradients and state — as
-`torch.view_as_real` views for complex params — to a backend (`optimlab.backends`), which evaluates
-`rule.update`. Around that it does what `torch.optim` does: closures, step hooks (the base class wraps
-`step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
-`torch.optim`, plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
+float32 0-dim tensor as PyTorch keeps it), hand the params, gradients, state and the step counts they are
+about to reach — as `torch.view_as_real` views for complex params — to a backend (`optimlab.backends`),
+which evaluates `rule.update`, and advance `step` once it returned (a failed step changes nothing). Around
+that it does what `torch.optim` does: closures, step hooks (the base class wraps `step`), AMP's
+`grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from `torch.optim`,
+plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import math
@@ -20,13 +20,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
 from ..backends import BACKENDS, Backend, resolve
 from ..backends import eager as _eager  # noqa: F401 (registers "eager", the fallback of backend="auto")
 from ..rules import Rule
+from ._counters import StepCounters
 
 #: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
 OPTIONAL_BACKENDS = ("optimlab.backends.triton_gpu", "optimlab.backends.numba_cpu")
@@ -43,7 +43,6 @@ _is_sparse = operator.attrgetter("is_sparse")
 _is_complex = torch.Tensor.is_complex
 _dtype_of = operator.attrgetter("dtype")
 _dtype_is_complex = operator.attrgetter("is_complex")
-_data_ptr = torch.Tensor.data_ptr
 
 
 def load_optional_backends() -> list[str]:
@@ -78,6 +77,9 @@ class Optimizer(torch.optim.Optimizer):
     counts_steps: bool = True
     #: Whether a sparse gradient may run through the rule (Adagrad, as in PyTorch).
     supports_sparse: bool = False
+    #: Group keys added in later PyTorch versions, with the values PyTorch's own `__setstate__` gives them when
+    #: a state dict (written by an older PyTorch) lacks them: such state dicts load as in `torch.optim`.
+    setstate_defaults: Mapping[str, Any] = {}
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         load_optional_backends()
@@ -218,7 +220,7 @@ class Optimizer(torch.optim.Optimizer):
                       backend: Backend, params: list[torch.Tensor], grads: list[torch.Tensor],
                       dtypes: tuple[torch.dtype, ...], has_sparse: bool, grad_scale: Any,
                       state_ids: tuple[int, ...]) -> bool:
-        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt.
+        """Run the backend, then advance the group's step counters; whether the group's plan was rebuilt.
 
         The per-param work that does not change from step to step (state lookups and creation, which params
         are complex or DTensors, the state tensor lists) lives in the group's `_Plan`, checked each step with
@@ -229,79 +231,82 @@ class Optimizer(torch.optim.Optimizer):
         valid = (plan is not None and plan.group is group and plan.active == active
                  and plan.state_ids == state_ids and plan.param_ids == tuple(map(id, params))
                  and plan.dtypes == dtypes)
-        counter_pointers = plan.counter_pointers if valid else None
-        if counter_pointers is not None:
-            # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
-            counter_pointers = np.fromiter(map(_data_ptr, plan.counters), np.int64, len(params))
-            valid = np.array_equal(counter_pointers, plan.counter_pointers)
-        fresh: list[bool] = []
+        if valid and plan.counters is not None and plan.counters.moved():
+            valid = False  # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
+        created: list[list[str]] = []
         if not valid:
-            plan, fresh = self._build_plan(group, rule, hyperparameters, params, active, dtypes)
+            plan, created = self._build_plan(group, rule, hyperparameters, backend, params, active, dtypes)
             self._plans[index] = plan
-            counter_pointers = plan.counter_pointers
         steps: float | list[float]
-        if not self.counts_steps:
+        if plan.counters is None:
             # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-            steps = [1 if new else 2 for new in fresh] if any(fresh) else 2
-        elif counter_pointers is not None:
-            counts = np.empty(len(params), np.float32)
-            _counter_kernel()(counter_pointers, counts)
-            steps = float(counts[0]) if counts.min() == counts.max() else counts.tolist()
+            steps = [1 if names else 2 for names in created] if any(created) else 2
         else:
-            torch._foreach_add_(plan.counters, 1.0)
-            steps = [counter.item() for counter in plan.counters]
-            if len(set(steps)) == 1:
-                steps = steps[0]
-        backend_params, backend_grads, tensors = params, grads, plan.tensors
-        if plan.special:
-            backend_params, backend_grads, tensors = list(params), list(grads), list(tensors)
-            for i in plan.special:
-                param, grad, state = local_shards(params[i], grads[i], tensors[i])
-                if dtypes[i].is_complex:
-                    param, grad = torch.view_as_real(param), torch.view_as_real(grad)
-                    state = [torch.view_as_real(tensor) for tensor in state]
-                backend_params[i], backend_grads[i], tensors[i] = param, grad, state
-        if isinstance(steps, list):
-            # params sharing a step count share the per-step coefficients: one backend call per count
-            buckets: dict[float, list[int]] = defaultdict(list)
-            for i, step in enumerate(steps):
-                buckets[step].append(i)
-        else:
-            buckets = {steps: list(range(len(params)))}
-        for step, indices in buckets.items():
-            coefficients = rule.coefficients(step, **hyperparameters)
-            if len(indices) == len(params) and not has_sparse:
-                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
-                continue
-            dense = [i for i in indices if not backend_grads[i].is_sparse]
-            if dense:
-                backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
-                             [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
-            for i in indices:
-                if backend_grads[i].is_sparse:
-                    self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
-                                        backend_grads[i], tensors[i], grad_scale)
+            # the counts the counters take once the update succeeded: a step that raises advances none
+            counts = plan.counters.next_counts()
+            steps = counts[0] if counts.count(counts[0]) == len(counts) else counts
+        try:
+            backend_params, backend_grads, tensors = params, grads, plan.tensors
+            if plan.special:
+                backend_params, backend_grads, tensors = list(params), list(grads), list(tensors)
+                for i in plan.special:
+                    param, grad, state = local_shards(params[i], grads[i], tensors[i])
+                    if dtypes[i].is_complex:
+                        param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                        state = [torch.view_as_real(tensor) for tensor in state]
+                    backend_params[i], backend_grads[i], tensors[i] = param, grad, state
+            if isinstance(steps, list):
+                # params sharing a step count share the per-step coefficients: one backend call per count
+                buckets: dict[float, list[int]] = defaultdict(list)
+                for i, step in enumerate(steps):
+                    buckets[step].append(i)
+            else:
+                buckets = {steps: list(range(len(params)))}
+            for step, indices in buckets.items():
+                coefficients = rule.coefficients(step, **hyperparameters)
+                if len(indices) == len(params) and not has_sparse:
+                    backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
+                                 grad_scale)
+                    continue
+                dense = [i for i in indices if not backend_grads[i].is_sparse]
+                if dense:
+                    backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
+                                 [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
+                for i in indices:
+                    if backend_grads[i].is_sparse:
+                        self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
+                                            backend_grads[i], tensors[i], grad_scale)
+        except BaseException:
+            # a failed step changes nothing: the state it created goes, the counters have not advanced
+            for param, names in zip(params, created, strict=False):  # (none created by a plan in use)
+                for name in names:
+                    del self.state[param][name]
+            raise
+        if plan.counters is not None:
+            plan.counters.advance()
         return not valid
 
-    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
                     params: list[torch.Tensor], active: tuple[str, ...],
-                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[bool]]:
-        """The group's plan for these params, creating missing state; also which params' state was new."""
+                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[list[str]]]:
+        """The group's plan for these params, creating missing state; also the state keys created per param."""
         keeps_state = self.counts_steps or bool(active)
         states = [self.state[param] if keeps_state else {} for param in params]
-        fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
-                 for param, state in zip(params, states, strict=True)]
+        created = [self._ensure_state(param, state, group, rule, hyperparameters)
+                   for param, state in zip(params, states, strict=True)]
         special = [i for i, param in enumerate(params) if dtypes[i].is_complex or _is_dtensor(param)]
-        counters = [state["step"] for state in states] if self.counts_steps else []
-        counter_pointers = None
-        if counters and _counter_kernel() is not None and all(
-                type(counter) is torch.Tensor and counter.device.type == "cpu" and counter.dtype == torch.float32
-                and counter.numel() == 1 for counter in counters):
-            counter_pointers = np.fromiter(map(_data_ptr, counters), np.int64, len(counters))
+        counters = None
+        if self.counts_steps:
+            # a backend may advance the counters faster than the portable `torch._foreach_add_`
+            tensors = [state["step"] for state in states]
+            offer = getattr(backend, "step_counters", None)
+            counters = offer(tensors) if offer is not None else None
+            if counters is None:
+                counters = StepCounters(tensors)
         # the state snapshot is filled in by `step` once every group of this step has created its state
         plan = _Plan(group, active, tuple(map(id, params)), dtypes, params, special,
-                     [[state[name] for name in active] for state in states], counters, counter_pointers)
-        return plan, fresh
+                     [[state[name] for name in active] for state in states], counters)
+        return plan, created
 
     @staticmethod
     def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
@@ -321,16 +326,17 @@ class Optimizer(torch.optim.Optimizer):
             tensor.index_put_(index, updated)
 
     def _ensure_state(self, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any], rule: Rule,
-                      hyperparameters: Mapping[str, Any]) -> bool:
-        """Create the `step` counter and any missing active state; whether some state was new."""
+                      hyperparameters: Mapping[str, Any]) -> list[str]:
+        """Create the `step` counter and any missing active state; the keys created."""
+        created = []
         if self.counts_steps and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-        fresh = False
+            created.append("step")
         for name in rule.active_state(hyperparameters):
             if state.get(name) is None:
                 state[name] = self._new_state(param, group, rule.initial_state(name, hyperparameters))
-                fresh = True
-        return fresh
+                created.append(name)
+        return created
 
     @staticmethod
     def _new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
@@ -349,13 +355,17 @@ class Optimizer(torch.optim.Optimizer):
     # --- state dicts ---------------------------------------------------------------------------------
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`."""
+        """Fill group keys a `torch.optim` state dict lacks, make `step` a tensor, apply `state_dtype`.
+
+        Keys of later PyTorch versions get PyTorch's values (`setstate_defaults`), optimlab's own keys
+        (`OPTIMLAB_KEYS`) this optimizer's settings.
+        """
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_steps", 0)
         self._plans = {}  # plans hold the previous state's tensors: drop them now, not at the next step
         self._step_supports_amp_scaling = True
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in {**self.defaults, **self.setstate_defaults}.items():
                 group.setdefault(key, value)
             for param in group["params"]:
                 param_state = self.state.get(param)
@@ -398,21 +408,21 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Invalid state_dict: param group {index} has {len(saved.get('params', ()))} "
                                  f"params, this optimizer's has {len(group['params'])}")
             missing = [key for key in self.defaults if key not in saved and key not in OPTIMLAB_KEYS
-                       and key not in ("foreach", "fused", "capturable", "differentiable")]
+                       and key not in self.setstate_defaults]
             if missing:
                 raise ValueError(f"Invalid state_dict: param group {index} lacks {missing}")
-            merged = {**self.defaults, **saved, "backend": group["backend"]}
+            merged = {**self.defaults, **self.setstate_defaults, **saved, "backend": group["backend"]}
             try:
                 self._validate_group(merged)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
             rule, hyperparameters = self.rule_for(merged)
             for saved_id, param in zip(saved["params"], group["params"], strict=True):
-                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters))
+                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.state_names)
         for saved_id, param_state in saved_state.items():
             if saved_id not in params_by_id:
                 raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
-            index, param, active = params_by_id[saved_id]
+            index, param, active, state_names = params_by_id[saved_id]
             where = f"state of param {saved_id!r} (group {index})"
             if not isinstance(param_state, Mapping):
                 raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
@@ -422,7 +432,9 @@ class Optimizer(torch.optim.Optimizer):
                 if missing:
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
-                _check_state_value(where, key, value, param)
+                # other keys are kept as they are, as `torch.optim` keeps them: no step reads them
+                if key == "step" or key in state_names:
+                    _check_state_value(where, key, value, param)
 
 
 class _Plan:
@@ -437,8 +449,7 @@ class _Plan:
 
     def __init__(self, group: dict[str, Any], active: tuple[str, ...], param_ids: tuple[int, ...],
                  dtypes: tuple[torch.dtype, ...], params: list[torch.Tensor], special: list[int],
-                 tensors: list[list[torch.Tensor]], counters: list[torch.Tensor],
-                 counter_pointers: np.ndarray | None) -> None:
+                 tensors: list[list[torch.Tensor]], counters: StepCounters | None) -> None:
         self.group = group
         self.active = active
         self.param_ids = param_ids
@@ -448,21 +459,10 @@ class _Plan:
         self.special = special
         #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
         self.tensors = tensors
+        #: the params' `step` tensors (None for optimizers that keep none: SGD), as the backend advances them
         self.counters = counters
-        #: the counters' data pointers when `_counter_kernel` can advance them all, else None
-        self.counter_pointers = counter_pointers
         self.state_objects: list[Any] = []
         self.state_ids: tuple[int, ...] | None = None
-
-
-@functools.cache
-def _counter_kernel() -> Callable[[np.ndarray, np.ndarray], None] | None:
-    """`optimlab.torch._counters.advance` (compiled, cached on disk), or None where Numba is not installed."""
-    try:
-        from ._counters import advance
-    except ImportError:
-        return None
-    return advance
 
 
 def local_shards(param: torch.Tensor, grad: torch.Tensor,
@@ -491,6 +491,13 @@ def _is_dtensor(tensor: Any) -> bool:
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
+    """Refuse, at load time, a `step` or rule state value that a step could not use.
+
+    A `step` tensor keeps its dtype, as in `torch.optim` (an int64 one is advanced in int64); a sparse or
+    other non-strided state tensor is refused: `torch.optim` loads it and then fails in the middle of a step.
+    """
+    if torch.is_tensor(value) and value.layout != torch.strided:
+        raise ValueError(f"Invalid state_dict: {where}: {key} is a {value.layout} tensor (expected a dense one)")
     if key == "step":
         number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:

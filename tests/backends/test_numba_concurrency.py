@@ -1,0 +1,127 @@
+"""The numba backend under threads, `os.fork()` and Ctrl-C (issue 12, items 6, 8 and 9)."""
+
+import itertools
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from optimlab.backends import numba_cpu
+from optimlab.rules import RULES
+
+
+def test_threads_building_the_same_new_drivers_each_get_the_finished_driver(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(tmp_path / "cache"))  # empty: every driver is new
+    rule, threads = RULES["sgd"], 4
+    variants = [numba_cpu.Variant("float32", "float32", (("maximize", maximize),), (), grad_scale, kinds)
+                for kinds in itertools.product(("python", "float32", "float64"), repeat=2)
+                for maximize in (False, True) for grad_scale in (False, True)]
+    built = []
+    try:
+        for variant in variants:
+            start, results = threading.Barrier(threads), []
+
+            def build(variant=variant, start=start, results=results):
+                start.wait()
+                try:
+                    results.append(numba_cpu.driver(rule, variant))
+                except Exception as error:  # noqa: BLE001 (collected for the assertion below)
+                    results.append(error)
+
+            workers = [threading.Thread(target=build) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            built += [result for result in results if not isinstance(result, Exception)]
+            assert [type(result) for result in results if isinstance(result, Exception)] == []
+            assert len({id(result) for result in results}) == 1  # one driver, fully executed, for all
+    finally:  # their cache directory is about to go: later tests build their own
+        for key, (_, run) in list(numba_cpu._DRIVERS.items()):
+            if any(run is known for known in built):
+                del numba_cpu._DRIVERS[key]
+                sys.modules.pop(run.py_func.__module__, None)
+
+
+@pytest.mark.slow
+def test_a_forked_child_steps_with_its_own_helpers_and_queues_nothing_for_its_parents():
+    script = textwrap.dedent("""
+        import os, threading, torch
+        from optimlab.backends import numba_cpu
+        from optimlab.rules import RULES
+
+        numba_cpu.CHUNK, numba_cpu.PARALLEL_MIN = 4, 1  # a tiny tensor still makes a multi-threaded pass
+        torch.set_num_threads(2)
+        rule = RULES["sgd"]
+        hyperparameters = rule.defaults(lr=1e-3)
+        params, grads = [torch.ones(64)], [torch.ones(64)]
+
+        def step():
+            numba_cpu.BACKEND.step(rule, hyperparameters, rule.coefficients(1, **hyperparameters), params,
+                                   grads, [[]])
+
+        step()  # the parent's helper thread is running
+        steps = 20_000
+        child = os.fork()
+        if child == 0:
+            try:
+                for _ in range(steps):
+                    step()
+                expected = torch.ones(64)
+                for _ in range(steps + 1):
+                    expected.sub_(1e-3)
+                pending = sum(inbox.qsize() for inbox in numba_cpu._WORKERS._inboxes)
+                print(pending, threading.active_count(), torch.equal(params[0], expected), flush=True)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+    """)
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    pending, threads, correct = output.split()
+    assert int(pending) <= 1  # at most the last pass's, not yet picked up
+    assert int(threads) == 2  # the child's main thread and its one helper
+    assert correct == "True"
+
+
+def test_an_error_in_a_piece_starts_no_further_piece():
+    ran = []
+
+    def work(first, last):
+        ran.append(first)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        numba_cpu._Workers().run([(first, first + 1) for first in range(8)], work, (), helpers=0)
+    assert ran == [0]
+
+
+def test_ctrl_c_waits_for_the_helpers_running_piece_before_it_propagates():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are handled on the main thread only")
+    caller = threading.get_ident()
+    helper_started, finished = threading.Event(), []
+
+    def work(first, last):
+        if threading.get_ident() == caller:
+            assert helper_started.wait(timeout=60)  # so that the helper surely has a piece
+            return
+        helper_started.set()
+        time.sleep(0.2)  # the caller is waiting for this piece by now
+        signal.pthread_kill(caller, signal.SIGUSR1)  # Ctrl-C, as the handler below makes it
+        time.sleep(0.3)  # still writing
+        finished.append(first)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            numba_cpu._Workers().run([(0, 1), (1, 2)], work, (), helpers=1)
+        assert len(finished) == 1  # the helper's piece was over before the interrupt propagated
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
