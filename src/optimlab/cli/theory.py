@@ -6,9 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .app import app, console, error_console, fail
-
-_OUT_HELP = "folder for the figures and CSV files (created if missing)"
+from .app import OUT_OPTION, app, console, error_console, fail, one_line_errors
 
 
 def _numbers(option: str, text: str, allow_empty: bool = False) -> list[float]:
@@ -25,16 +23,6 @@ def _numbers(option: str, text: str, allow_empty: bool = False) -> list[float]:
     return values
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder or creatable as one: refused before any work, so a failure writes nothing."""
-    if out.exists() and not out.is_dir():
-        fail(f"Invalid --out: {str(out)!r} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        fail(f"Invalid --out: {str(out)!r} cannot be created ({error.strerror})")
-
-
 def _written(out: Path, files: tuple[str, ...]) -> None:
     for name in files:
         console.print(str(out / name), highlight=False, soft_wrap=True)
@@ -44,13 +32,14 @@ def _written(out: Path, files: tuple[str, ...]) -> None:
   optimlab quadratic                        # every figure, 200 × 200 maps, κ from 1 to 10⁴\n\n
   optimlab quadratic --resolution 250 --map-steps 150 --out figures\n\n
   optimlab quadratic --kappas 1,10,100,1000,10000,100000""")
+@one_line_errors
 def quadratic(
     kappas: str = typer.Option("1,3,10,30,100,300,1000,3000,10000",
                                help="condition numbers κ of the rate figure (comma-separated, each >= 1)"),
     resolution: int = typer.Option(200, help="lrs and momentums per axis of the (α, β) and Adam maps"),
     map_steps: int = typer.Option(100, help="steps per configuration of the maps"),
     adaptive_steps: int = typer.Option(1000, help="steps of AdaGrad, RMSProp and Adam in the rate figure"),
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
 ) -> None:
     """Why momentum works, on f = ½ Σ λᵢ xᵢ²: measured rates checked against the closed forms.
 
@@ -68,12 +57,8 @@ def quadratic(
                                  ("--adaptive-steps", adaptive_steps, 1)):
         if value < least:
             fail(f"Invalid {option}: {value} (must be >= {least})")
-    _check_out(out)
-    try:
-        with error_console.status("sweeping the quadratic"):
-            section = quadratic_experiment(out, values, resolution, map_steps, adaptive_steps)
-    except (ValueError, OSError) as error:
-        fail(str(error))
+    with error_console.status("sweeping the quadratic"):
+        section = quadratic_experiment(out, values, resolution, map_steps, adaptive_steps)
     _written(out, section.files)
 
 
@@ -81,6 +66,7 @@ def quadratic(
   optimlab eos                              # GD at η = 0.2, 0.4 and Adam at 0.01, 0.03, 300 steps\n\n
   optimlab eos --lrs 0.1,0.2,0.4 --steps 1000 --out figures\n\n
   optimlab eos --adam-lrs '' --samples 500  # GD only, on 500 images""")
+@one_line_errors
 def eos(
     lrs: str = typer.Option("0.2,0.4", help="full-batch GD step sizes η (comma-separated)"),
     adam_lrs: str = typer.Option("0.01,0.03", help="Adam learning rates (comma-separated; '' for none)"),
@@ -89,7 +75,7 @@ def eos(
     hidden: int = typer.Option(32, help="hidden units of the digits MLP"),
     samples: int = typer.Option(None, help="training images used (default: all 1,437)"),
     seed: int = typer.Option(0, help="seed of the split and the initial weights"),
-    out: Path = typer.Option(Path("optimlab-report"), "--out", help=_OUT_HELP),
+    out: Path = OUT_OPTION,
 ) -> None:
     """The edge of stability: full-batch GD on the digits MLP sharpens until the sharpness reaches 2/η.
 
@@ -110,10 +96,6 @@ def eos(
         fail(f"Invalid --every: {every} (must be <= --steps, {steps})")
     if samples is not None and samples < 10:
         fail(f"Invalid --samples: {samples} (must be >= 10)")
-    _check_out(out)
-    try:
-        with error_console.status(f"training {len(gd_lrs) + len(adam)} runs, measuring the sharpness"):
-            section = eos_experiment(out, gd_lrs, adam, steps, every, hidden, samples, seed)
-    except (ValueError, OSError) as error:
-        fail(str(error))
+    with error_console.status(f"training {len(gd_lrs) + len(adam)} runs, measuring the sharpness"):
+        section = eos_experiment(out, gd_lrs, adam, steps, every, hidden, samples, seed)
     _written(out, section.files)

@@ -123,10 +123,10 @@ def write_effective_csv(results: Mapping[str, EffectiveRates], path: Path | str)
 def effective_experiment(out: Path | str, samples: int = 5000, density: float = 0.01, noise: float = 0.1,
                          seed: int = 0) -> Section:
     """The adaptive rules' effective rates on `sparse.make_problem`: effective-lr.png and effective-lr.csv."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     problem = make_problem(samples, density, noise, seed)
     results = effective_rates(problem)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed computation leaves no folder
     files = (plot_effective_rates(problem, results, out / "effective-lr.png").name,
              write_effective_csv(results, out / "effective-lr.csv").name)
     rows = [[label(name), format_lr(result.lr), f"{np.median(np.delete(result.rate[-1], SPARSE)):.3g}",

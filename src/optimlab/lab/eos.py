@@ -276,9 +276,9 @@ def eos_experiment(out: Path | str, lrs: Sequence[float] = LRS, adam_lrs: Sequen
                    steps: int = 300, every: int = 10, hidden: int = 32, samples: int | None = None,
                    seed: int = 0) -> Section:
     """`edge_of_stability` into `out`: eos.png, eos.csv (GD) and eos-adam.csv."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = edge_of_stability(lrs, adam_lrs, steps, every, hidden, samples, seed=seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed computation leaves no folder
     files = [plot_eos(runs, out / "eos.png").name, write_eos_csv(runs, out / "eos.csv").name]
     if adam_lrs:
         files.append(write_adam_csv(runs, out / "eos-adam.csv").name)

@@ -467,19 +467,20 @@ def quadratic_experiment(out: Path | str, kappas: Sequence[float] = KAPPAS, reso
                          map_steps: int = 100, adaptive_steps: int = 1000) -> Section:
     """Everything above into `out`: quadratic-components.png, quadratic-rates.png/.csv, quadratic-maps.png,
     stability.csv (the heavy ball's map), adam-stability.csv, quadratic-phase.png."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [plot_components(eigen_components(), out / "quadratic-components.png").name]
+    components = eigen_components()
     rows = rates_by_condition(kappas, adaptive_steps=adaptive_steps)
-    files += [plot_rates(rows, out / "quadratic-rates.png", adaptive_steps).name,
-              write_rates_csv(rows, out / "quadratic-rates.csv").name]
     maps = [stability_map("momentum", steps=map_steps, resolution=resolution),
             stability_map("adam", steps=map_steps, resolution=resolution)]
-    files += [plot_maps(maps, out / "quadratic-maps.png").name,
-              write_stability_csv(maps[0], out / "stability.csv").name,
-              write_stability_csv(maps[1], out / "adam-stability.csv").name,
-              plot_portrait(phase_portrait(), out / "quadratic-phase.png").name]
-    summary = [[label(row.optimizer) if row.optimizer not in ("gd",) else "GD", f"{row.kappa:g}",
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed computation leaves no folder
+    files = [plot_components(components, out / "quadratic-components.png").name,
+             plot_rates(rows, out / "quadratic-rates.png", adaptive_steps).name,
+             write_rates_csv(rows, out / "quadratic-rates.csv").name,
+             plot_maps(maps, out / "quadratic-maps.png").name,
+             write_stability_csv(maps[0], out / "stability.csv").name,
+             write_stability_csv(maps[1], out / "adam-stability.csv").name,
+             plot_portrait(phase_portrait(), out / "quadratic-phase.png").name]
+    summary = [["GD" if row.optimizer == "gd" else label(row.optimizer), f"{row.kappa:g}",
                 format_lr(row.lr), f"{row.momentum:.4g}", f"{row.measured_rate:.6f}",
                 "—" if row.theoretical_rate is None else f"{row.theoretical_rate:.6f}"]
                for row in rows if row.kappa in (kappas[0], kappas[len(kappas) // 2], kappas[-1])]
