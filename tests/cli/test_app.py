@@ -53,6 +53,8 @@ WRITERS = {
     "train": ["train", "--optimizers", "sgd", "--epochs", "1", "--hidden", "4"],
     "sparse": ["sparse", "--optimizers", "sgd", "--samples", "50"],
     "tour": ["tour", "--epochs", "1"],
+    "quadratic": ["quadratic", "--kappas", "1,10", "--resolution", "4", "--map-steps", "4", "--adaptive-steps", "5"],
+    "eos": ["eos", "--steps", "2", "--every", "1", "--samples", "20", "--hidden", "2", "--adam-lrs", ""],
 }
 
 

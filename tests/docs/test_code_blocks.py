@@ -51,6 +51,9 @@ QUICK = {
         "optimlab paths --surface rosenbrock --steps 30 --sweep-size 8 --no-gif",
     "optimlab train --epochs 10": "optimlab train --epochs 1",
     "optimlab sparse": "optimlab sparse --samples 300",
+    "optimlab quadratic --out figures":
+        "optimlab quadratic --kappas 1,10,100 --resolution 20 --map-steps 20 --adaptive-steps 50 --out figures",
+    "optimlab eos --out figures": "optimlab eos --steps 20 --every 10 --samples 100 --out figures",
     "optimlab bench": "optimlab bench --help",
     "optimlab bench --quick": "optimlab bench --quick --optimizer sgd --reps 1 --warmup 0",
     "optimlab bench -o adam -w gpt2 --reps 9 --markdown":

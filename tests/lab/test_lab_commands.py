@@ -56,6 +56,8 @@ def test_tour_writes_the_report(tmp_path, monkeypatch, check):
     linked = check.html(index)
     assert {"paths-dlfs.png", "paths-dlfs.gif", "paths-notes.png", "paths-saddle.png", "lr-sweep-saddle.png",
             "train-curves.png", "train-metrics.csv", "sparse-errors.png", "sparse-summary.csv"} <= set(linked)
+    assert {"quadratic-maps.png", "quadratic-rates.csv", "stability.csv", "effective-lr.png", "eos.png",
+            "eos.csv"} <= set(linked)  # "Why it works"
     for name in linked:
         if name.endswith(".png"):
             check.png(tmp_path / name)

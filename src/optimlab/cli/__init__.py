@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bench, lab, serve, trace  # noqa: F401  (each import registers its command on `app`)
+from . import bench, lab, serve, theory, trace  # noqa: F401  (each import registers its command on `app`)
 from .app import app, run
 
 

@@ -133,7 +133,8 @@ def _print_version(value: bool) -> None:
 
 
 #: The extra each command needs beyond the core install, checked before the command starts (not for --help).
-COMMAND_EXTRAS = {"bench": "torch", "paths": "lab", "train": "lab", "sparse": "lab", "tour": "lab", "serve": "serve"}
+COMMAND_EXTRAS = {"bench": "torch", "paths": "lab", "train": "lab", "sparse": "lab", "tour": "lab", "serve": "serve",
+                  "quadratic": "lab", "eos": "lab"}
 
 
 @app.callback()

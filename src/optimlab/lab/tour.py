@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths, sparse, train
+from . import paths, sparse, train, why
 from .defaults import STEPS  # steps shown per surface when none are given
 from .report import Section, figure, link, raw, table, write_report
 from .style import NOTES_OPTIMIZERS, format_lr, label
@@ -232,10 +232,11 @@ def tour(out: Path | str = "optimlab-report", seed: int = 0, epochs: int = 8,
     sections.append(train_experiment(out, epochs=epochs, seed=seed, on_step=on_train_step))
     _say(announce, "sparse feature")
     sections.append(sparse_experiment(out, seed=seed))
+    sections.append(why.why_section(out, seed=seed, announce=announce))
     introduction = ("The claims of the study notes (SGD zig-zags, momentum smooths the path, AdaGrad slows the "
                     "elements that moved most, RMSProp forgets, Adam starts slow but arrives), each as a figure "
                     "you can regenerate with <code>optimlab tour</code> or the single commands "
-                    "<code>optimlab paths | train | sparse</code>.")
+                    "<code>optimlab paths | train | sparse | quadratic | eos</code>.")
     return write_report(out, "optimlab: the lab report", introduction, sections)
 
 

@@ -5,6 +5,7 @@
     GET  /api/surfaces/{name}/grid f on a grid, for the contour plot
     GET  /api/optimizers           each optimizer's hyperparameters, defaults and slider ranges
     POST /api/run                  trajectories + per-step trace of several optimizers (`optimlab.lab.run`)
+    GET  /api/theory/momentum-map  the heavy ball's (α, β) map on the ellipse (`serve.theory`)
 
 Everything runs on the lab's `run`, which evaluates the rules themselves: the page shows exactly the numbers
 `optimlab trace` prints. Inputs are bounded (`models.MAX_*`), invalid ones get HTTP 422 naming the field, and
@@ -60,6 +61,7 @@ from .models import (
     SurfaceName,
     control_for,
 )
+from .theory import add_theory_routes
 from .workers import WorkerPool
 
 
@@ -105,7 +107,7 @@ def create_app(check_host: bool = True, max_runs_in_flight: int = MAX_RUNS_IN_FL
 
     # Added inner first: a request meets HostCheck, then RunLimit, then BodyLimit.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=body_timeout)
-    app.add_middleware(RunLimit, limit=max_runs_in_flight, paths=r"/api/run|/api/surfaces/[^/]+/grid")
+    app.add_middleware(RunLimit, limit=max_runs_in_flight, paths=r"/api/run|/api/surfaces/[^/]+/grid|/api/theory/momentum-map")
     if check_host:
         app.add_middleware(HostCheck)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
@@ -144,6 +146,7 @@ def create_app(check_host: bool = True, max_runs_in_flight: int = MAX_RUNS_IN_FL
         # Checked here (a 422 costs no worker); run and encoded to JSON in a worker process.
         return Response(await workers.run(run_json, plan(request)), media_type="application/json")
 
+    add_theory_routes(app)
     return app
 
 
