@@ -107,7 +107,8 @@ def create_app(check_host: bool = True, max_runs_in_flight: int = MAX_RUNS_IN_FL
 
     # Added inner first: a request meets HostCheck, then RunLimit, then BodyLimit.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=body_timeout)
-    app.add_middleware(RunLimit, limit=max_runs_in_flight, paths=r"/api/run|/api/surfaces/[^/]+/grid|/api/theory/momentum-map")
+    app.add_middleware(RunLimit, limit=max_runs_in_flight,
+                       paths=r"/api/run|/api/surfaces/[^/]+/grid|/api/theory/momentum-map")
     if check_host:
         app.add_middleware(HostCheck)
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
