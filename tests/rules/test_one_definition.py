@@ -63,7 +63,7 @@ def test_specialize_runs_the_rules_own_code(rule):
         calls.append(x)
         return math.sqrt(x)
 
-    native = {"sqrt": counting_sqrt, "maximum": max, "lerp": primitives.lerp}
+    native = {**{name: getattr(primitives, name) for name in primitives.NATIVE}, "sqrt": counting_sqrt}
     specialized = rule.specialize(native)
     assert specialized.__code__ is rule.update.__code__
     hyper = rule.defaults()

@@ -70,7 +70,7 @@ INTERPRETER_TILE = 1 << 15
 LARGE_TENSOR = 65536
 
 
-# --- the natives a rule's `sqrt`, `maximum`, `lerp` mean inside a Triton kernel -----------------------------
+# --- what a rule's natives (`primitives.NATIVE`) mean inside a Triton kernel ---------------------------------
 # Plain functions over `tl`, compiled with `triton.jit` once triton is imported (see `_natives`).
 
 def sqrt(x):
@@ -87,9 +87,22 @@ def maximum(a, b):
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
-def lerp(start, end, weight):
-    """`torch.lerp`'s formula: `end - (end - start) * (1 - weight)` where |weight| >= 0.5 (see primitives.lerp)."""
-    return tl.where(tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
+def minimum(a, b):
+    """Elementwise minimum that propagates NaN, as `torch.minimum`."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+def where(condition, a, b):
+    return tl.where(condition, a, b)
+
+
+def sign(x):
+    """−1, 0 or 1 in x's dtype, as `torch.sign` (NaN gives 0: neither comparison holds)."""
+    return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
+def abs(x):  # noqa: A001 (the native's name)
+    return tl.abs(x)
 
 
 def widen_bfloat16(x):
@@ -140,13 +153,17 @@ def _device_function(triton: Any) -> Any:
 
 def _natives(triton: Any) -> dict[str, Any]:
     # `tl` too: the interpreter looks for it in a jitted function's globals
-    return {**_jit_all(triton, (sqrt, maximum, lerp)), "tl": triton.language}
+    return {**_jit_all(triton, (sqrt, maximum, minimum, where, sign, abs)), "tl": triton.language}
 
 
 # --- the generated kernel ----------------------------------------------------------------------------------
 
 _SOURCES = itertools.count()  # numbers the generated sources: each gets its own `linecache` name
 _TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64"}
+
+
+#: The key of `grad_scale` among the coefficients' kinds: not a name a rule may use (see `Rule`).
+GRAD_SCALE = "_ol_grad_scale"
 
 
 def _tl_dtype(dtype: Any) -> str:
@@ -157,7 +174,7 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
                    found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
     """Python source of the kernel for one rule and one configuration.
 
-    `kinds[c]` says how coefficient `c` (and "grad_scale") arrives: "constexpr" (a structural bool),
+    `kinds[c]` says how coefficient `c` (and `GRAD_SCALE`) arrives: "constexpr" (a structural bool),
     "value" (a float argument: float32, or float64 for float64 params), "pointer" or "bool_pointer"
     (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
     `dtypes` are the Triton dtypes of param, grad and each active state; float64 params compute in
@@ -165,23 +182,28 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     """
     compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
     slots = ("param", "grad", *active)
+    # Every name that comes from the rule (its state and coefficient names, and `param`, `grad` alongside them)
+    # appears only behind a prefix (`_ol_v_` its value, `_ol_p_` its pointer, `_ol_e_` its elements), which
+    # rules may not use: the kernel's own names (`numel`, `tl`, `update`, ...) can never be captured by them.
+    value, pointer, elements = (lambda name: f"_ol_v_{name}"), (lambda name: f"_ol_p_{name}"), \
+        (lambda name: f"_ol_e_{name}")
     arguments = ["layout", "addresses", "n_tensors", "total_blocks"]
     prologue = []
-    for name in (*rule.coefficient_names, "grad_scale"):
+    for name in (*rule.coefficient_names, GRAD_SCALE):
         kind = kinds[name]
         if kind == "constexpr":
-            arguments.append(f"{name}: tl.constexpr")
+            arguments.append(f"{value(name)}: tl.constexpr")
         elif kind == "value":  # Triton passes a Python float as float32 unless the parameter says otherwise
-            arguments.append(f"{name}: tl.float64" if compute == "tl.float64" else name)
+            arguments.append(f"{value(name)}: tl.float64" if compute == "tl.float64" else value(name))
         elif kind == "pointer":
-            arguments.append(f"{name}_pointer")
+            arguments.append(pointer(name))
             # A float64 group keeps a float32 tensor coefficient (a tensor lr) in float32 for the scalar
             # arithmetic the rule does with it (`1 - lr * weight_decay`), as PyTorch does with 0-dim tensors.
             conversion = "" if compute == "tl.float64" else ".to(tl.float32)"
-            prologue.append(f"    {name} = tl.load({name}_pointer){conversion}")
+            prologue.append(f"    {value(name)} = tl.load({pointer(name)}){conversion}")
         elif kind == "bool_pointer":
-            arguments.append(f"{name}_pointer")
-            prologue.append(f"    {name} = tl.load({name}_pointer) != 0")
+            arguments.append(pointer(name))
+            prologue.append(f"    {value(name)} = tl.load({pointer(name)}) != 0")
     if found_inf:
         arguments.append("found_inf_pointer")
     arguments += ["ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
@@ -192,27 +214,27 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         # rows past the last chunk read numel 0, so they are masked out entirely
         lines = ["mask = offsets < numel[:, None]"] if masked else []
         for slot, dtype in zip(slots, dtypes, strict=True):
-            load = f"tl.load({slot}_elements{mask})"
+            load = f"tl.load({elements(slot)}{mask})"
             if dtype == "tl.bfloat16":
                 load = f"widen_bfloat16({load})"
             elif dtype != compute:
                 load = f"{load}.to({compute})"
-            lines.append(f"{slot} = {load}")
-        if kinds["grad_scale"] != "none":
-            lines.append("grad = grad / grad_scale")
-        state_arguments = [name if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
+            lines.append(f"{value(slot)} = {load}")
+        if kinds[GRAD_SCALE] != "none":
+            lines.append(f"{value('grad')} = {value('grad')} / {value(GRAD_SCALE)}")
+        state_arguments = [value(name) if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
                            for name in rule.state_names]
-        results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
-        call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
+        results = ", ".join((value("param"), *(value(name) if name in active else "_" for name in rule.state_names)))
+        call = ", ".join((value("param"), value("grad"), *state_arguments, *map(value, rule.coefficient_names)))
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
                 if dtype == "tl.bfloat16":  # float64 → bfloat16 goes through float32, as `Tensor.to` does
-                    value = f"round_to_bfloat16({slot}.to(tl.float32))" if compute == "tl.float64" \
-                        else f"round_to_bfloat16({slot})"
+                    stored = f"round_to_bfloat16({value(slot)}.to(tl.float32))" if compute == "tl.float64" \
+                        else f"round_to_bfloat16({value(slot)})"
                 else:
-                    value = f"{slot}.to({dtype})"
-                lines.append(f"tl.store({slot}_elements, {value}{mask})")
+                    stored = f"{value(slot)}.to({dtype})"
+                lines.append(f"tl.store({elements(slot)}, {stored}{mask})")
         return lines
 
     # A program updates a ROWS × BLOCK tile: ROWS chunks (of one tensor or several), BLOCK elements each.
@@ -226,16 +248,16 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         "offsets = chunk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]",
     ]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True)):
-        body.append(f"{slot}_pointer = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
+        body.append(f"{pointer(slot)} = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
                     f".to(tl.pointer_type({dtype}))")
         if aligned:  # every address is 16-byte aligned (checked on the host): allows vectorized access
-            body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, [16])")
+            body.append(f"{pointer(slot)} = tl.multiple_of({pointer(slot)}, [16])")
     if aligned:
         body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, [1, BLOCK]), [1, BLOCK])")
         if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
             body.append(f"numel = tl.multiple_of(numel, [{numel_multiple}])")
     for slot in slots:
-        body.append(f"{slot}_elements = {slot}_pointer[:, None] + offsets")
+        body.append(f"{elements(slot)} = {pointer(slot)}[:, None] + offsets")
     # Tiles of full chunks take the unmasked path, which the compiler can vectorize best.
     body.append("if tl.load(blocks + 2 * total_blocks + tl.program_id(0)) != 0:  # every chunk of the tile full")
     body += ["    " + line for line in tile(masked=False)]
@@ -382,9 +404,10 @@ class TritonBackend:
         if [grad.numel() for grad in grads] != numels or {grad.dtype for grad in grads} != plan.grad_dtypes:
             raise ValueError("every gradient must have its param's size and dtype")
         device = params[0].device
-        named = {name: _coefficient(coefficients[name], device) for name in rule.coefficient_names}
-        named["grad_scale"] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
-        if named["grad_scale"][0] == "constexpr":
+        named = {name: _coefficient(coefficients[name], device, name in rule.flags)
+                 for name in rule.coefficient_names}
+        named[GRAD_SCALE] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
+        if named[GRAD_SCALE][0] == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
         kinds = {name: kind for name, (kind, _) in named.items()}
         arguments = [value for kind, value in named.values() if kind != "none"]
@@ -429,12 +452,11 @@ class TritonBackend:
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                 dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
         interpret = interpreting()
-        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple,
-               interpret)
+        key = (rule, active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple, interpret)
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
-        update_key = (id(rule), interpret)
+        update_key = (rule, interpret)
         if update_key not in self._updates:
             self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton))
         source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
@@ -466,8 +488,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
 
     active = tuple(rule.active_state(hyperparameters))
     coefficients = rule.coefficients(step, **hyperparameters)
-    kinds = {name: _coefficient(coefficients[name])[0] for name in rule.coefficient_names}
-    kinds["grad_scale"] = "none"
+    kinds = {name: _coefficient(coefficients[name], flag=name in rule.flags)[0] for name in rule.coefficient_names}
+    kinds[GRAD_SCALE] = "none"
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
@@ -477,12 +499,12 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
         name = parameter.name
         if parameter.is_constexpr:
             signature[name] = "constexpr"
-            constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name))
+            constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name.removeprefix("_ol_v_")))
         else:
-            pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
+            pointer = "*i1" if kinds.get(name.removeprefix("_ol_p_")) == "bool_pointer" else "*fp32"
             fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
-            signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else scalar)
+            signature[name] = fixed.get(name, pointer if name.startswith("_ol_p_") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
                        attrs={(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
@@ -518,20 +540,21 @@ def _on(device: Any) -> Any:
     return torch.cuda.device(device)
 
 
-def _coefficient(value: Any, device: Any = None) -> tuple[str, Any]:
-    """How a coefficient is passed: a structural bool as constexpr, a number as float32, a tensor by pointer.
+def _coefficient(value: Any, device: Any = None, flag: bool = False) -> tuple[str, Any]:
+    """How a coefficient is passed: a declared flag (`Rule.flags`) given as a Python bool as constexpr, a
+    number as float32, a tensor by pointer (a flag computed from a tensor step, too).
 
     A tensor on another device than the params' (a CPU step count with CUDA params) cannot be read by the
     kernel; a CPU one is read here instead, which costs no GPU synchronization.
     """
-    if isinstance(value, bool):
+    if flag and isinstance(value, bool):
         return "constexpr", value
     if hasattr(value, "data_ptr"):
         if device is not None and value.device != device:
             if value.device.type != "cpu":
                 raise ValueError(f"a coefficient tensor is on {value.device}, the params on {device}")
             value = value.item()
-            return ("constexpr", value) if isinstance(value, bool) else ("value", float(value))
+            return ("constexpr", bool(value)) if flag else ("value", float(value))
         return ("bool_pointer" if str(value.dtype) == "torch.bool" else "pointer"), value
     return "value", float(value)
 

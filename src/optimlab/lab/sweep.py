@@ -18,7 +18,8 @@ what config i computes alone: `run` is a sweep of one, and the results agree bit
 
 Hyperparameters take the rule's names (`lr`, `momentum`, `betas`, `eps`, ...). In a sweep each may be a
 scalar or a 1-D sequence of length n_configs (for `betas`, each of the pair may be); booleans and the
-hyperparameters a rule branches on (`weight_decay`, RMSProp's `momentum`) must be the same for all configs.
+hyperparameters a rule branches on (`weight_decay`) must be the same for all configs; flags derived from a
+value (RMSProp's `use_momentum`) hold for the whole sweep (see `optimlab.rules.base`).
 """
 
 from __future__ import annotations

@@ -54,4 +54,5 @@ RULE = Rule(
     validate=validate,
     trace=trace,
     initial_state=lambda name, hyper: hyper["initial_accumulator_value"],
+    flags=("maximize",),
 )

@@ -68,12 +68,12 @@ def validate(hyper) -> None:
 
 def trace(step, grad, state, hyperparameters) -> dict[str, Any]:
     """m_t, v_t, the bias-corrected m̂_t and v̂_t, and the efficient form's α_t = η √(1 − β2^t) / (1 − β1^t)."""
-    beta1, beta2 = hyperparameters["betas"]
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
+    coefficients_ = coefficients(step, **hyperparameters)
+    bias_correction1 = 1 - coefficients_["beta1"] ** step
     return {"m": state["exp_avg"], "v": state["exp_avg_sq"],
-            "m_hat": state["exp_avg"] / bias_correction1, "v_hat": state["exp_avg_sq"] / bias_correction2,
-            "alpha_t": hyperparameters["lr"] * bias_correction2 ** 0.5 / bias_correction1}
+            "m_hat": state["exp_avg"] / bias_correction1,
+            "v_hat": state["exp_avg_sq"] / coefficients_["bias_correction2"],
+            "alpha_t": coefficients_["step_size"] * coefficients_["bias_correction2_sqrt"]}
 
 
 RULE = Rule(
@@ -86,4 +86,5 @@ RULE = Rule(
     active_state=active_state,
     validate=validate,
     trace=trace,
+    flags=("decoupled_weight_decay", "amsgrad", "maximize"),
 )

@@ -1,4 +1,19 @@
-"""What a rule is: one pure elementwise update function plus the facts backends need to run it."""
+"""What a rule is: one pure elementwise update function plus the facts backends need to run it.
+
+The contract is explicit and checked when a `Rule` is constructed (`Rule.__post_init__`), so a rule that
+breaks it fails at import with the reason, not later inside a kernel:
+
+* `update(param, grad, *state_names, *coefficient_names)` returns `(param, *state)` in the same order;
+* `coefficients(step, **hyperparameters)` returns exactly the coefficient names as keys;
+* `flags` names the *structural* coefficients: Python bools the update branches on (`amsgrad`, `maximize`,
+  RMSprop's derived `use_momentum`). Compiled backends make them compile-time constants; every other
+  coefficient is a runtime scalar and must not be a bool. A flag derived from a continuous hyperparameter
+  is computed in `coefficients` from it (`any_nonzero(momentum)`), so a lab sweep over the value runs one
+  branch for every config instead of tripping over an array in an `if`;
+* the functions `update` calls are natives (`primitives.NATIVE`), formulas (`primitives.FORMULAS`) or the
+  rule's own plain-arithmetic helpers, found from its code (`Rule.helpers`) and compiled with it;
+* no name a rule uses starts with `_ol_`: generated kernel code keeps its own names under that prefix.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +29,7 @@ from typing import Any
 from . import primitives
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rule:
     """An optimizer's math, written once.
 
@@ -28,6 +43,10 @@ class Rule:
     AMSGrad); the others are passed as `None` (a dummy scalar in compiled kernels) and never read.
     `initial_state(name, hyperparameters)` is the value a state tensor starts at (0, or Adagrad's
     `initial_accumulator_value`). `trace(...)` returns the intermediate quantities the notes compute by hand.
+    `flags` names the structural coefficients (see the module docstring).
+
+    Rules compare and hash by identity: a kernel cache keyed by the rule keeps it alive, so a key can never
+    be taken over by another rule the way an `id()` can.
     """
 
     name: str
@@ -39,12 +58,28 @@ class Rule:
     validate: Callable[[Mapping[str, Any]], None]
     trace: Callable[..., dict[str, Any]]
     initial_state: Callable[[str, Mapping[str, Any]], float] = lambda name, hyperparameters: 0.0
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_contract(self)
 
     @functools.cached_property
     def coefficient_names(self) -> tuple[str, ...]:
         """The per-step scalar arguments of `update`, in order (read once from its signature)."""
         parameters = list(inspect.signature(self.update).parameters)
         return tuple(parameters[2 + len(self.state_names):])
+
+    @functools.cached_property
+    def helpers(self) -> dict[str, Callable]:
+        """The rule's own functions `update` calls, directly or through each other, by name.
+
+        Read from the code: every global name of `update` (and, recursively, of each helper) bound to a
+        Python function that is not a native or a formula of `primitives` — `regularized_gradient`, or a
+        `sign`-like helper defined next to a rule outside the package. Backends compile them with the rule.
+        """
+        found: dict[str, Callable] = {}
+        _collect_helpers(self.update, found)
+        return found
 
     def defaults(self, **overrides: Any) -> dict[str, Any]:
         """The hyperparameters with PyTorch's defaults, `overrides` applied, validated."""
@@ -80,9 +115,102 @@ class Rule:
         if missing:
             raise ValueError(f"backend must provide natives {sorted(missing)}")
         namespace: dict[str, Any] = dict(native)
-        for name, helper in primitives.HELPERS.items():
-            namespace[name] = wrap(rebind(helper, namespace))
-        return wrap(rebind(self.update, namespace))
+        for name, formula in primitives.FORMULAS.items():
+            if name not in namespace:  # a backend may bring its own (bit-compatible) version instead
+                namespace[name] = wrap(rebind(formula, namespace))
+        compiled: dict[Callable, Any] = {}
+
+        def compile_function(function: Callable) -> Any:
+            """`function` rebound to the natives and to its own helpers, each compiled once, callees first."""
+            if function not in compiled:
+                own = {name: compile_function(helper) for name, helper in _direct_helpers(function).items()}
+                compiled[function] = wrap(rebind(function, {**namespace, **own}))
+            return compiled[function]
+
+        return compile_function(self.update)
+
+
+def _global_names(code: Any) -> set[str]:
+    """The global names `code` may load, nested code objects (comprehensions, inner functions) included."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+def _direct_helpers(function: Callable) -> dict[str, Callable]:
+    """The Python functions `function` reaches through its globals, other than natives and formulas."""
+    reserved = set(primitives.NATIVE) | set(primitives.FORMULAS)
+    helpers = {}
+    for name in _global_names(function.__code__) - reserved:
+        value = function.__globals__.get(name)
+        if isinstance(value, types.FunctionType):
+            helpers[name] = value
+    return helpers
+
+
+def _collect_helpers(function: Callable, found: dict[str, Callable]) -> None:
+    for name, helper in _direct_helpers(function).items():
+        if found.get(name) is not helper:
+            found[name] = helper
+            _collect_helpers(helper, found)
+
+
+#: The prefix of the names generated kernel code uses for itself; refused in a rule's names.
+RESERVED_PREFIX = "_ol_"
+
+
+def check_contract(rule: Rule) -> None:
+    """`ValueError` naming the rule and the broken part of the contract (see the module docstring)."""
+    def fail(reason: str) -> None:
+        raise ValueError(f"rule {rule.name!r}: {reason}")
+
+    parameters = list(inspect.signature(rule.update).parameters.values())
+    if any(parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+           or parameter.default is not parameter.empty for parameter in parameters):
+        fail("update takes positional parameters without defaults only")
+    names = [parameter.name for parameter in parameters]
+    if names[:2] != ["param", "grad"]:
+        fail(f"update's first parameters must be (param, grad), got {tuple(names[:2])}")
+    if tuple(names[2:2 + len(rule.state_names)]) != tuple(rule.state_names):
+        fail(f"update's parameters after (param, grad) must be the state {tuple(rule.state_names)}, "
+             f"got {tuple(names[2:2 + len(rule.state_names)])}")
+    coefficient_names = names[2 + len(rule.state_names):]
+    used = [*names, rule.name, *rule.flags]
+    reserved = sorted(name for name in used if name.startswith(RESERVED_PREFIX))
+    if reserved:
+        fail(f"names {reserved} start with {RESERVED_PREFIX!r}, which generated kernel code keeps for itself")
+    unknown_flags = sorted(set(rule.flags) - set(coefficient_names))
+    if unknown_flags:
+        fail(f"flags {unknown_flags} are not coefficients of update {tuple(coefficient_names)}")
+    try:
+        rule.validate(dict(rule.hyperparameters))
+    except (TypeError, ValueError) as error:
+        fail(f"its default hyperparameters are invalid: {error}")
+    coefficients = rule.coefficients(1, **rule.hyperparameters)
+    if set(coefficients) != set(coefficient_names):
+        fail(f"coefficients returns {sorted(coefficients)}, update takes {sorted(coefficient_names)}")
+    for name in coefficient_names:
+        is_bool = isinstance(coefficients[name], bool)
+        if name in rule.flags and not is_bool:
+            fail(f"flag {name!r} must be a Python bool, coefficients gives {coefficients[name]!r}")
+        if is_bool and name not in rule.flags:
+            fail(f"coefficient {name!r} is a bool: declare it in flags (a structural branch) or pass a number")
+    active = tuple(rule.active_state(rule.hyperparameters))
+    if not set(active) <= set(rule.state_names):
+        fail(f"active_state names {sorted(set(active) - set(rule.state_names))}, not in {rule.state_names}")
+
+
+def any_nonzero(value: Any) -> bool:
+    """Whether a hyperparameter is non-zero anywhere: a float, or a lab sweep's array of them.
+
+    For derived flags (RMSprop's `use_momentum`): a branch that is exact for the zero values too, taken for a
+    whole sweep when any of its configs needs it.
+    """
+    if isinstance(value, numbers.Real):
+        return value != 0
+    return bool((value != 0).any())
 
 
 def rebind(function: Callable, namespace: Mapping[str, Any]) -> Callable:

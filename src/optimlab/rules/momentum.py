@@ -65,4 +65,5 @@ RULE = Rule(
     active_state=lambda hyper: ("momentum_buffer",),
     validate=validate,
     trace=trace,
+    flags=("nesterov", "maximize", "first_step"),
 )

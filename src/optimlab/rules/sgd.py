@@ -45,4 +45,5 @@ RULE = Rule(
     active_state=lambda hyper: (),
     validate=validate,
     trace=trace,
+    flags=("maximize",),
 )
