@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from ..lab import Run, run
 from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
-from ..rules import OPTIMIZERS
+from ..rules import OPTIMIZERS, REGISTRY
 from .models import (
     MAX_BODY_BYTES,
     MAX_TOTAL_STEPS,
@@ -180,9 +180,11 @@ def optimizer_info(name: str) -> OptimizerInfo:
         hyperparameters.append(HyperparameterInfo(
             name=key, kind=kind, default=list(default) if isinstance(default, tuple) else default,
             description=control.description, low=control.low, high=control.high, scale=control.scale))
+    entry = REGISTRY[name]
     return OptimizerInfo(name=name, title=label(name), color=color(name), rule=rule.name,
                          playground_lr=PLAYGROUND_LR.get(name, rule.hyperparameters["lr"]),
-                         hyperparameters=hyperparameters)
+                         hyperparameters=hyperparameters, trace_labels=entry.all_trace_labels(),
+                         trace_scalars=list(entry.trace_scalars))
 
 
 def simulate(request: RunRequest) -> RunResponse:

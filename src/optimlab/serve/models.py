@@ -214,3 +214,7 @@ class OptimizerInfo(BaseModel):
     rule: str = Field(description="the rule it evaluates (Nesterov is the momentum rule, AdamW Adam's)")
     playground_lr: float = Field(description="the page's starting learning rate (Deep Learning from Scratch's)")
     hyperparameters: list[HyperparameterInfo]
+    trace_labels: dict[str, str] = Field(description="the header of each trace quantity, as `optimlab trace`",
+                                         examples=[{"g": "g_t", "m": "m_t", "update": "Δx"}])
+    trace_scalars: list[str] = Field(description="trace quantities that are one per-step scalar (shown once)",
+                                     examples=[["alpha_t"]])

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..rules import RULES, Rule, lookup
+from ..rules import REGISTRY, RULES, Rule, lookup
 from .optimizer import Optimizer, load_optional_backends
 
 Params = Iterable[Any]
@@ -161,25 +161,16 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
-_CLASSES: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
-    "sgd": (SGD, {}),
-    "momentum": (Momentum, {}),
-    "nesterov": (Momentum, {"nesterov": True}),
-    "adagrad": (Adagrad, {}),
-    "rmsprop": (RMSprop, {}),
-    "adam": (Adam, {}),
-    "adamw": (AdamW, {}),
-}
-
-
 def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
     """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
 
-    Names are those of `optimlab.rules.OPTIMIZERS` (case-insensitive); `ValueError` for an unknown one.
+    Names are those of `optimlab.rules.REGISTRY` (case-insensitive), each entry naming its class here;
+    `ValueError` for an unknown one.
     """
     lookup(name)
-    cls, overrides = _CLASSES[name.lower()]
-    return cls(params, **{**overrides, **hyperparameters})
+    entry = REGISTRY[name.lower()]
+    cls = globals()[entry.torch_class]
+    return cls(params, **{**entry.torch_overrides, **hyperparameters})
 
 
 def backends() -> list[str]:
