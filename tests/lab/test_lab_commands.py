@@ -74,7 +74,7 @@ def test_tour_writes_the_report(tmp_path, monkeypatch, check):
     (("paths", "--lr", "sgd=-1"), "Invalid lr: -1.0"),
     (("paths", "--start", "1,2,3"), "Invalid --start"),
     (("paths", "--preset", "nope"), "Invalid --preset"),
-    (("train", "--optimizers", "lion"), "Invalid optimizer: 'lion'"),
+    (("train", "--optimizers", "unknown"), "Invalid optimizer: 'unknown'"),
     (("train", "--epochs", "0"), "Invalid sizes"),
     (("sparse", "--density", "0"), "Invalid sparse problem"),
     (("tour", "--epochs", "0"), "Invalid --epochs"),

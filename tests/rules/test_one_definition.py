@@ -17,6 +17,7 @@ CONFIGS = {
     "rmsprop": {"lr": 0.01, "alpha": 0.9, "centered": True, "momentum": 0.5, "eps_root": 1e-8},
     "adam": {"lr": 0.1, "amsgrad": True, "eps_root": 1e-8, "weight_decay": 0.01},
     "adamw": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.4, 0.9)},
+    "lion": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.8, 0.95)},
 }
 
 
@@ -71,7 +72,7 @@ def test_specialize_runs_the_rules_own_code(rule):
     arguments = [1.0, 0.5] + [rule.initial_state(name, hyper) for name in rule.state_names] \
         + [coefficients[name] for name in rule.coefficient_names]
     assert specialized(*arguments) == rule.update(*arguments)
-    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam"))
+    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam"))  # the rules that take a root
 
 
 def test_specialize_requires_every_native():

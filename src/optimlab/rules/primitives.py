@@ -84,7 +84,7 @@ def where(condition, a, b):
 def sign(x):
     """−1 for x < 0, 1 for x > 0, 0 for ±0 and for NaN, as `torch.sign` (NumPy's sign keeps NaN)."""
     if isinstance(x, (int, float)):
-        return float((x > 0) - (x < 0))
+        return float(x > 0) - float(x < 0)
     if _is_tensor(x):
         return x.sign()
     import numpy

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import adagrad, adam, momentum, rmsprop, sgd
+from . import adagrad, adam, lion, momentum, rmsprop, sgd
 from .base import Rule
 
 #: Column headers for the quantities every trace has (the gradient, the update, the point and its value).
@@ -70,6 +70,9 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in (
     Entry("adamw", adam.RULE, {"decoupled_weight_decay": True, "weight_decay": 1e-2}, "AdamW", "#e377c2", "AdamW",
           "Adam with decoupled weight decay θ ← θ (1 − ηλ), λ = 0.01.", "AdamW", _ADAM_TRACE, numpy_lr=0.001,
           trace_scalars=("alpha_t",)),
+    Entry("lion", lion.RULE, {}, "Lion", "#17becf", "Lion",
+          "Lion: θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.", "Lion", {"m": "m_t"},
+          numpy_lr=1e-4),
 )}
 
 

@@ -61,8 +61,9 @@ CONTROLS: dict[str, Control] = {
 
 #: The page's starting learning rates: Deep Learning from Scratch §6.1.7's (the lab's "dlfs" preset: SGD 0.95,
 #: Momentum 0.1, AdaGrad 1.5, Adam 0.3 on its ellipse), where PyTorch's defaults would barely move in 30 steps;
-#: the variants start where their base optimizer does, RMSProp where Momentum does.
-PLAYGROUND_LR = {"nesterov": 0.1, "rmsprop": 0.1, "adamw": 0.3, **PRESETS["dlfs"].lrs}
+#: the variants start where their base optimizer does, RMSProp where Momentum does, Lion (a fixed step η per
+#: coordinate) where Momentum does.
+PLAYGROUND_LR = {"nesterov": 0.1, "rmsprop": 0.1, "adamw": 0.3, "lion": 0.1, **PRESETS["dlfs"].lrs}
 
 
 def control_for(name: str, default: Any) -> Control:

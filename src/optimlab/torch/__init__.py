@@ -161,6 +161,27 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
+class Lion(_RuleOptimizer):
+    """Lion (Chen et al. 2023): θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.
+
+    The `lion-pytorch` package's `Lion` step for step, with its state (`exp_avg`, no step counter), so
+    their state dicts load into each other.
+    """
+
+    torch_name = "Lion"
+    rule = RULES["lion"]
+    counts_steps = False
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-4,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.99), weight_decay: float = 0.0,
+                 *, backend: str = "auto", state_dtype: torch.dtype | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        # `differentiable` is read by torch.optim's step decorator; lion-pytorch's groups lack it (loads fill it)
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "differentiable": False,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
 def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
     """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
 
@@ -178,4 +199,4 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Momentum", "Optimizer", "RMSprop", "backends", "create"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Optimizer", "RMSprop", "backends", "create"]
