@@ -18,6 +18,7 @@ CONFIGS = {
     "adam": {"lr": 0.1, "amsgrad": True, "eps_root": 1e-8, "weight_decay": 0.01},
     "adamw": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.4, 0.9)},
     "lion": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.8, 0.95)},
+    "nadam": {"lr": 0.1, "weight_decay": 0.1, "momentum_decay": 0.01},
 }
 
 
@@ -25,7 +26,8 @@ def _run(name, values, convert):
     rule, overrides = OPTIMIZERS[name]
     hyper = rule.defaults(**{**overrides, **CONFIGS[name]})
     params = [convert(value) for value in values[0]]
-    states = [{state: convert(rule.initial_state(state, hyper)) for state in rule.active_state(hyper)}
+    states = [{state: convert(rule.initial_state(state, hyper)) for state in (*rule.active_state(hyper),
+                                                                              *rule.scalar_state)}
               for _ in params]
     for t, grads in enumerate(values[1:], start=1):
         for index, grad in enumerate(grads):
@@ -51,7 +53,9 @@ def test_update_signature_names_state_then_coefficients(rule):
     parameters = list(inspect.signature(rule.update).parameters)
     assert parameters[:2] == ["param", "grad"]
     assert tuple(parameters[2:2 + len(rule.state_names)]) == rule.state_names
-    coefficients = rule.coefficients(1, **rule.defaults())
+    hyper = rule.defaults()
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
+    coefficients = rule.coefficients(1, **hyper, **scalars)
     assert set(rule.coefficient_names) == set(coefficients)
 
 
@@ -68,11 +72,12 @@ def test_specialize_runs_the_rules_own_code(rule):
     specialized = rule.specialize(native)
     assert specialized.__code__ is rule.update.__code__
     hyper = rule.defaults()
-    coefficients = rule.coefficients(1, **hyper)
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
+    coefficients = rule.coefficients(1, **hyper, **scalars)
     arguments = [1.0, 0.5] + [rule.initial_state(name, hyper) for name in rule.state_names] \
         + [coefficients[name] for name in rule.coefficient_names]
     assert specialized(*arguments) == rule.update(*arguments)
-    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam"))  # the rules that take a root
+    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam", "nadam"))  # the rules that take a root
 
 
 def test_specialize_requires_every_native():

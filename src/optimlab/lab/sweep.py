@@ -175,6 +175,7 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
     with np.errstate(all="ignore"), _no_branching_on(rule, varied):
         state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
                  for name in rule.active_state(columns)}
+        state.update({name: rule.initial_state(name, columns) for name in rule.scalar_state})
         for t in range(1, steps + 1):
             grad = gradient(t, point)
             point, state = rule.step(point, grad, state, t, columns)

@@ -41,17 +41,23 @@ class Optimizer:
             if state is None:
                 state = self.state[key] = self._initial_state(param)
             step = state["step"] + 1
-            tensors = {name: state[name] for name in self.rule.active_state(self.hyperparameters)}
-            new_param, new_state = self.rule.step(param, grad, tensors, step, self.hyperparameters)
+            names = (*self.rule.active_state(self.hyperparameters), *self.rule.scalar_state)
+            new_param, new_state = self.rule.step(param, grad, {name: state[name] for name in names}, step,
+                                                  self.hyperparameters)
             param[...] = new_param
             for name, value in new_state.items():
-                state[name][...] = value
+                if name in self.rule.scalar_state:  # per-array scalars (NAdam's mu_product): Python floats
+                    state[name] = value
+                else:
+                    state[name][...] = value
             state["step"] = step
 
     def _initial_state(self, param: np.ndarray) -> dict[str, Any]:
         state: dict[str, Any] = {"step": 0}
         for name in self.rule.active_state(self.hyperparameters):
             state[name] = np.full_like(param, self.rule.initial_state(name, self.hyperparameters))
+        for name in self.rule.scalar_state:
+            state[name] = float(self.rule.initial_state(name, self.hyperparameters))
         return state
 
     def __repr__(self) -> str:

@@ -10,6 +10,9 @@ breaks it fails at import with the reason, not later inside a kernel:
   coefficient is a runtime scalar and must not be a bool. A flag derived from a continuous hyperparameter
   is computed in `coefficients` from it (`any_nonzero(momentum)`), so a lab sweep over the value runs one
   branch for every config instead of tripping over an array in an `if`;
+* per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
+  `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
+  per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
 * the functions `update` calls are natives (`primitives.NATIVE`), formulas (`primitives.FORMULAS`) or the
   rule's own plain-arithmetic helpers, found from its code (`Rule.helpers`) and compiled with it;
 * no name a rule uses starts with `_ol_`: generated kernel code keeps its own names under that prefix.
@@ -59,6 +62,8 @@ class Rule:
     trace: Callable[..., dict[str, Any]]
     initial_state: Callable[[str, Mapping[str, Any]], float] = lambda name, hyperparameters: 0.0
     flags: tuple[str, ...] = ()
+    scalar_state: tuple[str, ...] = ()
+    scalar_update: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -97,13 +102,29 @@ class Rule:
 
         `state` maps the active state names to values; `step` counts from 1.
         """
-        coefficients = self.coefficients(step, **hyperparameters)
+        scalars = self.advance_scalar_state(step, state, hyperparameters)
+        coefficients = self.coefficients(step, **hyperparameters, **scalars)
         active = self.active_state(hyperparameters)
         arguments = [state[name] if name in active else None for name in self.state_names]
         new_param, *new_state = self.update(param, grad, *arguments,
                                             *(coefficients[name] for name in self.coefficient_names))
         updated = zip(self.state_names, new_state, strict=True)
-        return new_param, {name: value for name, value in updated if name in active}
+        return new_param, {**{name: value for name, value in updated if name in active}, **scalars}
+
+    def initial_scalar_state(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-param scalar state before the first step (NAdam's Π_0 = 1), as Python floats."""
+        return {name: float(self.initial_state(name, hyperparameters)) for name in self.scalar_state}
+
+    def advance_scalar_state(self, step: Any, state: Mapping[str, Any],
+                             hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-param scalar state after step `step` (`{}` for rules without any), from `state`'s values.
+
+        Plain arithmetic on whatever the values are: Python floats (NumPy), arrays (a lab sweep), or torch's
+        0-dim float32 tensors, so each front end rounds them as its reference does.
+        """
+        if not self.scalar_state:
+            return {}
+        return self.scalar_update(step, {name: state[name] for name in self.scalar_state}, hyperparameters)
 
     def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f) -> Any:
         """`update` re-bound to a backend's natives and wrapped (e.g. by `numba.njit` or `triton.jit`).
@@ -188,7 +209,15 @@ def check_contract(rule: Rule) -> None:
         rule.validate(dict(rule.hyperparameters))
     except (TypeError, ValueError) as error:
         fail(f"its default hyperparameters are invalid: {error}")
-    coefficients = rule.coefficients(1, **rule.hyperparameters)
+    if bool(rule.scalar_state) != (rule.scalar_update is not None):
+        fail("scalar_state and scalar_update come together (per-param scalar state and how a step advances it)")
+    clashes = sorted(set(rule.scalar_state) & {*rule.state_names, *rule.hyperparameters, "step"})
+    if clashes:
+        fail(f"scalar state {clashes} shares a name with the state, a hyperparameter or `step`")
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(rule.hyperparameters), rule.hyperparameters)
+    if set(scalars) != set(rule.scalar_state):
+        fail(f"scalar_update returns {sorted(scalars)}, the scalar state is {sorted(rule.scalar_state)}")
+    coefficients = rule.coefficients(1, **rule.hyperparameters, **scalars)
     if set(coefficients) != set(coefficient_names):
         fail(f"coefficients returns {sorted(coefficients)}, update takes {sorted(coefficient_names)}")
     for name in coefficient_names:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import adagrad, adam, lion, momentum, rmsprop, sgd
+from . import adagrad, adam, lion, momentum, nadam, rmsprop, sgd
 from .base import Rule
 
 #: Column headers for the quantities every trace has (the gradient, the update, the point and its value).
@@ -73,6 +73,10 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in (
     Entry("lion", lion.RULE, {}, "Lion", "#17becf", "Lion",
           "Lion: θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.", "Lion", {"m": "m_t"},
           numpy_lr=1e-4),
+    Entry("nadam", nadam.RULE, {}, "NAdam", "#bcbd22", "NAdam",
+          "NAdam: Adam with Nesterov momentum on a warming-up schedule μ_t (PyTorch's form).", "NAdam",
+          {"m": "m_t", "v": "v_t", "mu_t": "μ_t", "mu_product": "Π_t"}, numpy_lr=2e-3,
+          trace_scalars=("mu_t", "mu_product")),
 )}
 
 

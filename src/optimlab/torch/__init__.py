@@ -161,6 +161,28 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
+class NAdam(_RuleOptimizer):
+    """`torch.optim.NAdam`: Adam with Nesterov momentum on the schedule μ_t = β1 (1 − ½ 0.96^(t ψ)).
+
+    Per param it keeps `step` and `mu_product` (Π_t = Π_{t−1} μ_t) as float32 0-dim tensors, as PyTorch
+    does, so checkpoints interchange both ways. `decoupled_weight_decay=True` is NAdamW.
+    """
+
+    torch_name = "NAdam"
+    rule = RULES["nadam"]
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
+                    "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable, **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
 class Lion(_RuleOptimizer):
     """Lion (Chen et al. 2023): θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.
 
@@ -199,4 +221,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Optimizer", "RMSprop", "backends", "create"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "NAdam", "Optimizer", "RMSprop", "backends",
+           "create"]

@@ -268,8 +268,7 @@ class Optimizer(torch.optim.Optimizer):
                 buckets[step].append(i)
         else:
             buckets = {steps: list(range(len(params)))}
-        for step, indices in buckets.items():
-            coefficients = rule.coefficients(step, **hyperparameters)
+        for coefficients, indices in self._coefficients(rule, hyperparameters, params, buckets):
             if len(indices) == len(params) and not has_sparse:
                 backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
                 continue
@@ -282,6 +281,28 @@ class Optimizer(torch.optim.Optimizer):
                     self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
                                         backend_grads[i], tensors[i], grad_scale)
         return not valid
+
+    def _coefficients(self, rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
+                      buckets: Mapping[float, list[int]]) -> list[tuple[dict[str, Any], list[int]]]:
+        """The per-step coefficients of each bucket of params, advancing per-param scalar state first.
+
+        For rules with scalar state (NAdam's `mu_product`) each param's 0-dim tensors are advanced in place,
+        in their own float32 arithmetic as `torch.optim` does, and params are bucketed again by the values
+        (all equal unless params joined at different steps); `coefficients` gets them as Python floats, the
+        `_get_value(mu_product)` of `torch.optim`.
+        """
+        if not rule.scalar_state:
+            return [(rule.coefficients(step, **hyperparameters), indices) for step, indices in buckets.items()]
+        by_values: dict[tuple[float, ...], list[int]] = defaultdict(list)
+        for step, indices in buckets.items():
+            for i in indices:
+                state = self.state[params[i]]
+                advanced = rule.advance_scalar_state(step, state, hyperparameters)
+                for name in rule.scalar_state:
+                    state[name].copy_(advanced[name])
+                by_values[(step, *(state[name].item() for name in rule.scalar_state))].append(i)
+        return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True))),
+                 indices) for (step, *values), indices in by_values.items()]
 
     def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
                     params: list[torch.Tensor], active: tuple[str, ...],
@@ -325,6 +346,9 @@ class Optimizer(torch.optim.Optimizer):
         """Create the `step` counter and any missing active state; whether some state was new."""
         if self.counts_steps and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        for name in rule.scalar_state:  # kept like `step`: a 0-dim float32 CPU tensor, as torch.optim.NAdam
+            if name not in state:
+                state[name] = torch.tensor(float(rule.initial_state(name, hyperparameters)), dtype=_get_scalar_dtype())
         fresh = False
         for name in rule.active_state(hyperparameters):
             if state.get(name) is None:
@@ -357,15 +381,17 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+            scalars = ("step", *self.rule_for(group)[0].scalar_state)
             for param in group["params"]:
                 param_state = self.state.get(param)
                 if not param_state:
                     continue
-                if "step" in param_state and not torch.is_tensor(param_state["step"]):
-                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
+                for key in scalars:
+                    if key in param_state and not torch.is_tensor(param_state[key]):
+                        param_state[key] = torch.tensor(float(param_state[key]), dtype=_get_scalar_dtype())
                 if group["state_dtype"] is not None and not param.is_complex():
                     for key, value in param_state.items():
-                        if key != "step" and torch.is_tensor(value):
+                        if key not in scalars and torch.is_tensor(value):
                             param_state[key] = value.to(group["state_dtype"])
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -408,21 +434,24 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
             rule, hyperparameters = self.rule_for(merged)
             for saved_id, param in zip(saved["params"], group["params"], strict=True):
-                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters))
+                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.scalar_state)
         for saved_id, param_state in saved_state.items():
             if saved_id not in params_by_id:
                 raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
-            index, param, active = params_by_id[saved_id]
+            index, param, active, scalars = params_by_id[saved_id]
             where = f"state of param {saved_id!r} (group {index})"
             if not isinstance(param_state, Mapping):
                 raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
             if param_state:
-                required = (("step",) if self.counts_steps else ()) + tuple(active)
+                required = (("step",) if self.counts_steps else ()) + tuple(active) + tuple(scalars)
                 missing = [key for key in required if param_state.get(key) is None]
                 if missing:
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
-                _check_state_value(where, key, value, param)
+                if key in scalars:
+                    _check_scalar_state(where, key, value)
+                else:
+                    _check_state_value(where, key, value, param)
 
 
 class _Plan:
@@ -488,6 +517,13 @@ def _is_dtensor(tensor: Any) -> bool:
     """Whether `tensor` is a `DTensor`, without importing torch.distributed (none exists before it is imported)."""
     dtensor_module = sys.modules.get("torch.distributed.tensor")
     return dtensor_module is not None and isinstance(tensor, dtensor_module.DTensor)
+
+
+def _check_scalar_state(where: str, key: str, value: Any) -> None:
+    """Per-param scalar state (NAdam's `mu_product`): a finite real number or a one-element real tensor."""
+    number = value.item() if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex() else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ValueError(f"Invalid state_dict: {where}: {key} must be a finite number, got {value!r}")
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
