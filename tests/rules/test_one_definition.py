@@ -74,10 +74,12 @@ def test_specialize_runs_the_rules_own_code(rule):
     hyper = rule.defaults()
     scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
     coefficients = rule.coefficients(1, **hyper, **scalars)
+    per_tensor = rule.finish(*(1.0 for _ in rule.reductions)) if rule.reductions else {}
     arguments = [1.0, 0.5] + [rule.initial_state(name, hyper) for name in rule.state_names] \
-        + [coefficients[name] for name in rule.coefficient_names]
+        + [coefficients[name] for name in rule.coefficient_names] \
+        + [per_tensor[name] for name in rule.tensor_coefficients]
     assert specialized(*arguments) == rule.update(*arguments)
-    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam", "nadam"))  # the rules that take a root
+    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam", "nadam", "lamb"))  # the rules with a root
 
 
 def test_specialize_requires_every_native():

@@ -105,6 +105,11 @@ def abs(x):  # noqa: A001 (the native's name)
     return tl.abs(x)
 
 
+def add(a, b):
+    """The combine function of the reduce kernel's row sums."""
+    return a + b
+
+
 def widen_bfloat16(x):
     """bfloat16 → float32 exactly, subnormals included, by shifting the bits (what the hardware does)."""
     return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
@@ -171,7 +176,7 @@ def _tl_dtype(dtype: Any) -> str:
 
 
 def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str], dtypes: tuple[str, ...],
-                   found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
+                   found_inf: bool, aligned: bool, numel_multiple: int = 1, stage: str = "update") -> str:
     """Python source of the kernel for one rule and one configuration.
 
     `kinds[c]` says how coefficient `c` (and `GRAD_SCALE`) arrives: "constexpr" (a structural bool),
@@ -179,6 +184,10 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
     `dtypes` are the Triton dtypes of param, grad and each active state; float64 params compute in
     float64, the others in float32.
+
+    `stage="reduce"` makes a rule's reduce kernel instead (stage (a)): the same tiles, `rule.reduce`'s
+    terms summed per row (chunk) into `partial[chunk, k]`, nothing stored. The update kernel of such a rule
+    loads each row's per-tensor coefficients (one value per tensor, from `rule.finish` on the host).
     """
     compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
     slots = ("param", "grad", *active)
@@ -204,6 +213,11 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         elif kind == "bool_pointer":
             arguments.append(pointer(name))
             prologue.append(f"    {value(name)} = tl.load({pointer(name)}) != 0")
+    reducing = stage == "reduce"
+    per_tensor = () if reducing else rule.tensor_coefficients
+    arguments += [pointer(name) for name in per_tensor]
+    if reducing:
+        arguments.append("partial")
     if found_inf:
         arguments.append("found_inf_pointer")
     arguments += ["ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
@@ -225,7 +239,18 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         state_arguments = [value(name) if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
                            for name in rule.state_names]
         results = ", ".join((value("param"), *(value(name) if name in active else "_" for name in rule.state_names)))
-        call = ", ".join((value("param"), value("grad"), *state_arguments, *map(value, rule.coefficient_names)))
+        call = ", ".join((value("param"), value("grad"), *state_arguments, *map(value, rule.coefficient_names),
+                          *map(value, per_tensor)))
+        if reducing:
+            terms = [f"_ol_term_{index}" for index in range(len(rule.reductions))]
+            lines.append(f"{', '.join(terms)}, = reduce({call})")
+            for index, term in enumerate(terms):
+                summed = f"tl.where(mask, {term}, 0.0)" if masked else term  # lanes past a tensor's end add 0
+                # `tl.reduce` with our own `add`: `tl.sum` is a jitted library function, which Triton's
+                # interpreter fails to call once another kernel has run in the process
+                lines.append(f"tl.store(partial + chunks * {len(terms)} + {index}, tl.reduce({summed}, 1, add), "
+                             "mask=live)")
+            return lines
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
@@ -246,6 +271,8 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         "chunk = tl.load(blocks + total_blocks + chunks, mask=live, other=0)",
         "numel = tl.load(layout + tensor, mask=live, other=0)",
         "offsets = chunk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]",
+        *(f"{value(name)} = tl.load({pointer(name)} + tensor, mask=live, other=0).to({compute})[:, None]"
+          for name in per_tensor),
     ]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True)):
         body.append(f"{pointer(slot)} = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
@@ -265,7 +292,7 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     body += ["    " + line for line in tile(masked=True)]
     if found_inf:
         body = ["if tl.load(found_inf_pointer) == 0:"] + ["    " + line for line in body]
-    return "\n".join([f"def {rule.name}_kernel({', '.join(arguments)}):", *prologue,
+    return "\n".join([f"def {rule.name}_{stage}_kernel({', '.join(arguments)}):", *prologue,
                       *("    " + line for line in body)]) + "\n"
 
 
@@ -380,7 +407,7 @@ class TritonBackend:
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None, found_inf: Any = None) -> None:
+             grad_scale: Any = None, found_inf: Any = None, all_reduce: Any = None) -> None:
         """Apply `rule.update` to every (param, grad, state) in place: one launch per dtype combination.
 
         `found_inf` (beyond the contract, optional): a tensor; where non-zero the kernel leaves params and
@@ -413,14 +440,50 @@ class TritonBackend:
         arguments = [value for kind, value in named.values() if kind != "none"]
         if found_inf is not None:
             arguments.append(found_inf.to(device, non_blocking=True))
-        for group, addresses, aligned in plan.launches([grad.data_ptr() for grad in grads], device):
+        launches = plan.launches([grad.data_ptr() for grad in grads], device)
+        per_tensor = self._tensor_coefficients(triton, rule, active, kinds, launches, arguments, found_inf,
+                                               len(params), device, all_reduce) if rule.reductions else None
+        for index, (group, addresses, aligned) in enumerate(launches):
             kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
                                   group.numel_multiple)
             with _on(device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
                 kernel[(-(-group.total_blocks // group.rows),)](
-                    group.layout, addresses, group.n_tensors, group.total_blocks, *arguments, ROWS=group.rows,
-                    BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+                    group.layout, addresses, group.n_tensors, group.total_blocks, *_before_found_inf(
+                        arguments, found_inf, per_tensor[index] if per_tensor else []),
+                    ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+
+    def _tensor_coefficients(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
+                             launches: list[tuple[_Group, Any, bool]], arguments: list[Any], found_inf: Any,
+                             count: int, device: Any, all_reduce: Any) -> list[list[Any]]:
+        """Stage (a): the reduce kernel's per-chunk sums over each launch's layout, added up per tensor,
+        all-reduced where the front end asks (DTensor shards), `rule.finish`ed; per launch, one device
+        tensor per tensor coefficient (one value per tensor of the launch)."""
+        compute = torch.float64 if any(group.dtypes[0] == "tl.float64" for group, _, _ in launches) else torch.float32
+        sums = torch.zeros(count, len(rule.reductions), dtype=compute, device=device)
+        for group, addresses, aligned in launches:
+            kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
+                                  group.numel_multiple, "reduce")
+            partial = torch.zeros(max(group.total_blocks, 1), len(rule.reductions), dtype=compute, device=device)
+            with _on(device):
+                kernel[(-(-group.total_blocks // group.rows),)](
+                    group.layout, addresses, group.n_tensors, group.total_blocks,
+                    *_before_found_inf(arguments, found_inf, [partial]),
+                    ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+            tensor_of_chunk = group.layout[group.n_tensors:group.n_tensors + group.total_blocks]
+            group_sums = torch.zeros(group.n_tensors, len(rule.reductions), dtype=compute, device=device)
+            group_sums.index_add_(0, tensor_of_chunk, partial[:group.total_blocks])
+            if group.indices is None:
+                sums = group_sums.to(compute)
+            else:
+                sums[group.indices] = group_sums.to(compute)
+        if all_reduce is not None:
+            sums = all_reduce(sums)
+        finished = rule.finish(*sums.unbind(1))
+        columns = [torch.as_tensor(finished[name], dtype=compute, device=device).expand(count).contiguous()
+                   for name in rule.tensor_coefficients]
+        return [[column if group.indices is None else column[group.indices] for column in columns]
+                for group, _, _ in launches]
 
     def _plan(self, numels: list[int], fixed: list[list[int]], active: tuple[str, ...], params: Sequence[Any],
               grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
@@ -450,24 +513,26 @@ class TritonBackend:
         return plan
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
-                dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
+                dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1,
+                stage: str = "update") -> Any:
         interpret = interpreting()
-        key = (rule, active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple, interpret)
+        key = (rule, active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple, interpret, stage)
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
-        update_key = (rule, interpret)
+        update_key = (rule, interpret, stage)
         if update_key not in self._updates:
-            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton))
-        source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
+            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton), stage)
+        source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple, stage)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        namespace = {"tl": triton.language, "update": self._updates[update_key],
-                     **_jit_all(triton, (widen_bfloat16, round_to_bfloat16))}
+        namespace = {"tl": triton.language, stage: self._updates[update_key],
+                     **_jit_all(triton, (widen_bfloat16, round_to_bfloat16)),
+                     "add": triton.jit(add)}  # jitted even when interpreting: `tl.reduce` reads its `.fn`
         exec(compile(source, filename, "exec"), namespace)  # our own generated source
         # Sizes vary with the group: keep them out of the specialization, so a new group does not recompile.
-        kernel = triton.jit(namespace[f"{rule.name}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
+        kernel = triton.jit(namespace[f"{rule.name}_{stage}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
         self._kernels[key] = kernel
         return kernel
 
@@ -526,6 +591,13 @@ def _compiled() -> Any:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = saved
+
+
+def _before_found_inf(arguments: list[Any], found_inf: Any, inserted: list[Any]) -> list[Any]:
+    """The launch arguments with `inserted` (per-tensor coefficients, the reduce kernel's `partial`) placed where
+    the kernel takes them: after the coefficients and grad_scale, before the optional `found_inf`."""
+    split = len(arguments) - (found_inf is not None)
+    return [*arguments[:split], *inserted, *arguments[split:]]
 
 
 def _next_power_of_2(number: int) -> int:

@@ -178,7 +178,7 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
         state.update({name: rule.initial_state(name, columns) for name in rule.scalar_state})
         for t in range(1, steps + 1):
             grad = gradient(t, point)
-            point, state = rule.step(point, grad, state, t, columns)
+            point, state = rule.step(point, grad, state, t, columns, tensor_axes=(-1,))  # a config is a tensor
             path[t] = point
             if record_trace:
                 _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns)}, point.shape)

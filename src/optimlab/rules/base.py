@@ -10,6 +10,11 @@ breaks it fails at import with the reason, not later inside a kernel:
   coefficient is a runtime scalar and must not be a bool. A flag derived from a continuous hyperparameter
   is computed in `coefficients` from it (`any_nonzero(momentum)`), so a lab sweep over the value runs one
   branch for every config instead of tripping over an array in an `if`;
+* per-tensor reductions (stage (a): LAMB's ‖θ‖ and ‖u‖) are `reductions`, the names of per-tensor sums:
+  `reduce(param, grad, *state, *coefficients)` returns one elementwise term per name, each summed over the
+  tensor; `finish(*sums)` turns the sums into the per-tensor coefficients named in `tensor_coefficients`,
+  which `update` takes after the per-step ones. Backends sum over the same elements they update (a DTensor
+  shard sums its part, and the front end all-reduces the partial sums over the shard group before `finish`);
 * per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
   `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
   per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
@@ -64,6 +69,10 @@ class Rule:
     flags: tuple[str, ...] = ()
     scalar_state: tuple[str, ...] = ()
     scalar_update: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    reductions: tuple[str, ...] = ()
+    reduce: Callable[..., tuple] | None = None
+    finish: Callable[..., dict[str, Any]] | None = None
+    tensor_coefficients: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -72,7 +81,7 @@ class Rule:
     def coefficient_names(self) -> tuple[str, ...]:
         """The per-step scalar arguments of `update`, in order (read once from its signature)."""
         parameters = list(inspect.signature(self.update).parameters)
-        return tuple(parameters[2 + len(self.state_names):])
+        return tuple(parameters[2 + len(self.state_names):len(parameters) - len(self.tensor_coefficients)])
 
     @functools.cached_property
     def helpers(self) -> dict[str, Callable]:
@@ -83,7 +92,9 @@ class Rule:
         `sign`-like helper defined next to a rule outside the package. Backends compile them with the rule.
         """
         found: dict[str, Callable] = {}
-        _collect_helpers(self.update, found)
+        for function in (self.update, self.reduce, self.finish):
+            if function is not None:
+                _collect_helpers(function, found)
         return found
 
     def defaults(self, **overrides: Any) -> dict[str, Any]:
@@ -96,18 +107,25 @@ class Rule:
         self.validate(merged)
         return merged
 
-    def step(self, param: Any, grad: Any, state: Mapping[str, Any], step: int,
-             hyperparameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def step(self, param: Any, grad: Any, state: Mapping[str, Any], step: int, hyperparameters: Mapping[str, Any],
+             tensor_axes: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
         """One update evaluated directly (NumPy arrays, tensors, floats): `(new_param, new_state)`.
 
-        `state` maps the active state names to values; `step` counts from 1.
+        `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
+        Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
+        tensors, one per configuration).
         """
         scalars = self.advance_scalar_state(step, state, hyperparameters)
         coefficients = self.coefficients(step, **hyperparameters, **scalars)
         active = self.active_state(hyperparameters)
         arguments = [state[name] if name in active else None for name in self.state_names]
-        new_param, *new_state = self.update(param, grad, *arguments,
-                                            *(coefficients[name] for name in self.coefficient_names))
+        per_step = [coefficients[name] for name in self.coefficient_names]
+        per_tensor = []
+        if self.reductions:
+            sums = [_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
+            finished = self.finish(*sums)
+            per_tensor = [finished[name] for name in self.tensor_coefficients]
+        new_param, *new_state = self.update(param, grad, *arguments, *per_step, *per_tensor)
         updated = zip(self.state_names, new_state, strict=True)
         return new_param, {**{name: value for name, value in updated if name in active}, **scalars}
 
@@ -126,8 +144,9 @@ class Rule:
             return {}
         return self.scalar_update(step, {name: state[name] for name in self.scalar_state}, hyperparameters)
 
-    def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f) -> Any:
-        """`update` re-bound to a backend's natives and wrapped (e.g. by `numba.njit` or `triton.jit`).
+    def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f,
+                   function: str = "update") -> Any:
+        """`update` (or `reduce`) re-bound to a backend's natives and wrapped (e.g. by `numba.njit`, `triton.jit`).
 
         The function object is rebuilt from the rule's own code object with new globals, so a kernel runs
         the very bytecode (Numba) or source (Triton) of the rule: there is no second copy of the math.
@@ -148,7 +167,7 @@ class Rule:
                 compiled[function] = wrap(rebind(function, {**namespace, **own}))
             return compiled[function]
 
-        return compile_function(self.update)
+        return compile_function(getattr(self, function))
 
 
 def _global_names(code: Any) -> set[str]:
@@ -215,6 +234,21 @@ def check_contract(rule: Rule) -> None:
     if clashes:
         fail(f"scalar state {clashes} shares a name with the state, a hyperparameter or `step`")
     scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(rule.hyperparameters), rule.hyperparameters)
+    if bool(rule.reductions) != (rule.reduce is not None) or bool(rule.reductions) != (rule.finish is not None):
+        fail("reductions, reduce and finish come together (the sums, their elementwise terms, the finish)")
+    if rule.reductions:
+        reduce_names = list(inspect.signature(rule.reduce).parameters)
+        if reduce_names != names[:len(names) - len(rule.tensor_coefficients)]:
+            fail(f"reduce takes update's parameters before the per-tensor coefficients "
+                 f"{tuple(names[:len(names) - len(rule.tensor_coefficients)])}, got {tuple(reduce_names)}")
+        if list(inspect.signature(rule.finish).parameters) != list(rule.reductions):
+            fail(f"finish takes the sums {rule.reductions}")
+        finished = rule.finish(*(1.0 for _ in rule.reductions))
+        if set(finished) != set(rule.tensor_coefficients):
+            fail(f"finish returns {sorted(finished)}, the tensor coefficients are {sorted(rule.tensor_coefficients)}")
+    if tuple(names[len(names) - len(rule.tensor_coefficients):]) != tuple(rule.tensor_coefficients):
+        fail(f"update's last parameters must be the per-tensor coefficients {rule.tensor_coefficients}")
+    coefficient_names = coefficient_names[:len(coefficient_names) - len(rule.tensor_coefficients)]
     if set(scalars) != set(rule.scalar_state):
         fail(f"scalar_update returns {sorted(scalars)}, the scalar state is {sorted(rule.scalar_state)}")
     coefficients = rule.coefficients(1, **rule.hyperparameters, **scalars)
@@ -229,6 +263,15 @@ def check_contract(rule: Rule) -> None:
     active = tuple(rule.active_state(rule.hyperparameters))
     if not set(active) <= set(rule.state_names):
         fail(f"active_state names {sorted(set(active) - set(rule.state_names))}, not in {rule.state_names}")
+
+
+def _sum(term: Any, axes: tuple[int, ...] | None) -> Any:
+    """`term` summed over `axes` (keeping them, to broadcast back) or over all of it; a float is its own sum."""
+    if isinstance(term, numbers.Real):
+        return term
+    if axes is None:
+        return term.sum()
+    return term.sum(axis=axes, keepdims=True)
 
 
 def any_nonzero(value: Any) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import adagrad, adam, lion, momentum, nadam, rmsprop, sgd
+from . import adagrad, adam, lamb, lion, momentum, nadam, rmsprop, sgd
 from .base import Rule
 
 #: Column headers for the quantities every trace has (the gradient, the update, the point and its value).
@@ -77,6 +77,9 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in (
           "NAdam: Adam with Nesterov momentum on a warming-up schedule μ_t (PyTorch's form).", "NAdam",
           {"m": "m_t", "v": "v_t", "mu_t": "μ_t", "mu_product": "Π_t"}, numpy_lr=2e-3,
           trace_scalars=("mu_t", "mu_product")),
+    Entry("lamb", lamb.RULE, {}, "LAMB", "#7f7f7f", "LAMB",
+          "LAMB: Adam's direction u (+ λθ) scaled per tensor by the trust ratio ‖θ‖ / ‖u‖.", "LAMB",
+          {"m": "m_t", "v": "v_t"}, numpy_lr=1e-3),
 )}
 
 

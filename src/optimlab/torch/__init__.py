@@ -183,6 +183,25 @@ class NAdam(_RuleOptimizer):
         super().__init__(params, defaults)
 
 
+class LAMB(_RuleOptimizer):
+    """LAMB (You et al. 2020) as optax formulates it: u = m̂ / (√v̂ + ε) + λθ, θ ← θ − η (‖θ‖ / ‖u‖) u per tensor.
+
+    The trust ratio is 1 where either norm is 0. State as Adam's (`step`, `exp_avg`, `exp_avg_sq`). On FSDP2
+    shards the two norms' partial sums are all-reduced over the shard group, so every shard takes the ratio
+    of the whole tensor.
+    """
+
+    torch_name = "LAMB"
+    rule = RULES["lamb"]
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, *, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "differentiable": False,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
 class Lion(_RuleOptimizer):
     """Lion (Chen et al. 2023): θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.
 
@@ -221,5 +240,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "NAdam", "Optimizer", "RMSprop", "backends",
+__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "NAdam", "Optimizer", "RMSprop", "backends",
            "create"]
