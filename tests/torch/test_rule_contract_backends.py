@@ -104,3 +104,52 @@ def test_generated_code_never_captures_a_rules_names(backend):
     ours, _, expected = _run(backend, CAPTURE, params, grads, [[], []], dict(CAPTURE.hyperparameters))
     for actual, (want, _) in zip(ours, expected, strict=True):
         torch.testing.assert_close(actual, want, rtol=1e-6, atol=1e-7)
+
+
+# --- a rule written outside the package: a helper of its own, a per-tensor reduction, a declared flag ---------
+
+def _clip(x, limit):
+    """The rule's own helper: x clipped to [−limit, limit]."""
+    return minimum(maximum(x, -limit), limit)
+
+
+def _normalized_reduce(param, grad, lr, limit, maximize):
+    if maximize:
+        grad = -grad
+    return (grad * grad,)
+
+
+def _normalized_finish(grad_norm_sq):
+    """Scale a tensor's gradient to norm ≤ 1 (1 for a zero or small gradient)."""
+    grad_norm = sqrt(grad_norm_sq)
+    return {"scale": where(grad_norm > 1, 1 / where(grad_norm > 1, grad_norm, 1.0), 1.0)}
+
+
+def _normalized_update(param, grad, lr, limit, maximize, scale):
+    if maximize:
+        grad = -grad
+    return (param - lr * _clip(grad * scale, limit),)
+
+
+NORMALIZED = Rule(name="normalized_clipped_sgd", update=_normalized_update,
+                  coefficients=lambda step, *, lr, limit, maximize: {"lr": lr, "limit": limit, "maximize": maximize},
+                  hyperparameters={"lr": 0.1, "limit": 0.3, "maximize": False}, state_names=(),
+                  active_state=lambda hyper: (), validate=lambda hyper: None, trace=lambda *arguments: {},
+                  flags=("maximize",), reductions=("grad_norm_sq",), reduce=_normalized_reduce,
+                  finish=_normalized_finish, tensor_coefficients=("scale",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_a_rule_from_outside_the_package_runs_on_every_backend_as_rule_step(backend, dtype, maximize):
+    """Helper, reduction and flag together; tensors from empty to several chunks, one gradient all zeros."""
+    generator = torch.Generator().manual_seed(3)
+    sizes = (5, 0, 1, 3000, 40)
+    grads = [torch.randn(size, generator=generator, dtype=dtype) * 3 for size in sizes]
+    grads[4] = torch.zeros(40, dtype=dtype)
+    params = [torch.randn(size, generator=generator, dtype=dtype) for size in sizes]
+    hyper = {"lr": 0.1, "limit": 0.3, "maximize": maximize}
+    ours, _, expected = _run(backend, NORMALIZED, params, grads, [[] for _ in sizes], hyper)
+    assert NORMALIZED.helpers == {"_clip": _clip}
+    for actual, (want, _) in zip(ours, expected, strict=True):
+        torch.testing.assert_close(actual, want, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=1e-7)

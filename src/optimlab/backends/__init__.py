@@ -19,8 +19,9 @@ once per param group and distinct step count, where
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
 that reason as an error. `resolve(name, rule, hyperparameters, params, state_dtype)` makes that choice.
 
-Backends register themselves on import: `optimlab.backends.eager` (always there, last for `auto`), and
-optionally `numba_cpu` and `triton_gpu`, which the PyTorch front end tries to import (ahead of eager).
+Backends register themselves on import: `optimlab.backends.eager` (always there, last for `auto`: this
+package imports it), and optionally `numba_cpu` and `triton_gpu`, which the PyTorch front end tries to
+import (ahead of eager). Front ends use only this module's registry API, never a backend module's insides.
 """
 
 from __future__ import annotations
@@ -81,3 +82,6 @@ def resolve(name: str, rule: Rule, hyperparameters: Mapping[str, Any], params: S
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run {rule.name} here: {reason}")
     return backend
+
+
+from . import eager as _eager  # noqa: E402, F401 (registers "eager", the fallback of backend="auto")

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..rules import Rule
+from ..rules.base import rebind
 from . import register
 
 #: Elements per chunk: a tensor is cut into chunks so that a big one spreads over every core.
@@ -76,17 +77,23 @@ def _native_sqrt(x):
     return np.sqrt(x)
 
 
+# `element_of` (optimlab.kernels.numba_scalars, bound in `specialize`) gives a coefficient the element's type
+# where a native selects between the two: both branches of a Numba conditional must have one type.
+
 def _native_maximum(a, b):
     # torch.maximum propagates a NaN from either side
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
     return a if (a > b or a != a) else b
 
 
 def _native_minimum(a, b):
     # torch.minimum propagates a NaN from either side
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
     return a if (a < b or a != a) else b
 
 
 def _native_where(condition, a, b):
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
     return a if condition else b
 
 
@@ -176,7 +183,9 @@ def specialize(rule: Rule, compute: str) -> Any:
         # in the loop would also stop LLVM from vectorizing it)
         return numba.njit(inline="always", error_model="numpy")(function)
 
-    natives = {name: wrap(native) for name, native in _NATIVES.items()}
+    from ..kernels.numba_scalars import element_of
+
+    natives = {name: wrap(rebind(native, {"element_of": element_of})) for name, native in _NATIVES.items()}
     kernel = rule.specialize(natives, wrap)
     _SPECIALIZED[rule.name, compute] = kernel
     if rule.reductions:

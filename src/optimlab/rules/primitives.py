@@ -46,10 +46,8 @@ def maximum(a, b):
     """Elementwise maximum that propagates NaN, as `torch.maximum`."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return a if (a > b or a != a) else b
-    if _is_tensor(a):
-        import torch
-
-        return torch.maximum(a, b)
+    if _is_tensor(a) or _is_tensor(b):
+        return _torch_pair("maximum", a, b)
     import numpy
 
     return numpy.maximum(a, b)
@@ -60,9 +58,7 @@ def minimum(a, b):
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return a if (a < b or a != a) else b
     if _is_tensor(a) or _is_tensor(b):
-        import torch
-
-        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+        return _torch_pair("minimum", a, b)
     import numpy
 
     return numpy.minimum(a, b)
@@ -125,6 +121,15 @@ def lerp(start, end, weight):
 
 def _is_tensor(x) -> bool:
     return hasattr(x, "new_tensor")
+
+
+def _torch_pair(operation, a, b):
+    """`torch.maximum`/`torch.minimum` where one side may be a Python number (a coefficient such as a limit)."""
+    import torch
+
+    tensor = a if _is_tensor(a) else b
+    a, b = (torch.as_tensor(x, dtype=tensor.dtype, device=tensor.device) if not _is_tensor(x) else x for x in (a, b))
+    return getattr(torch, operation)(a, b)
 
 
 def regularized_gradient(param, grad, weight_decay, maximize):

@@ -25,7 +25,6 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
 from ..backends import BACKENDS, Backend, resolve
-from ..backends import eager as _eager  # noqa: F401 (registers "eager", the fallback of backend="auto")
 from ..rules import Rule
 
 #: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
