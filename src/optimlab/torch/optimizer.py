@@ -269,12 +269,14 @@ class Optimizer(torch.optim.Optimizer):
             buckets = {steps: list(range(len(params)))}
         for coefficients, indices in self._coefficients(rule, hyperparameters, params, buckets):
             if len(indices) == len(params) and not has_sparse:
-                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
+                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale,
+                             **_shard_sums(rule, params, plan.special))
                 continue
             dense = [i for i in indices if not backend_grads[i].is_sparse]
             if dense:
                 backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
-                             [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
+                             [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale,
+                             **_shard_sums(rule, [params[i] for i in dense], plan.special))
             for i in indices:
                 if backend_grads[i].is_sparse:
                     self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
@@ -497,8 +499,9 @@ def local_shards(param: torch.Tensor, grad: torch.Tensor,
                  tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """This rank's local tensors when `param` is a `DTensor` (FSDP2's `fully_shard`), else the arguments as given.
 
-    Every rule is elementwise, so a sharded param is updated shard by shard with no communication; the local
-    tensors share the DTensors' storage, so backends update them in place like any tensor (the fused ones need
+    An elementwise rule updates a sharded param shard by shard with no communication (a reducing rule's
+    per-tensor sums are all-reduced over the shard group first, see `_shard_sums`); the local tensors share
+    the DTensors' storage, so backends update them in place like any tensor (the fused ones need
     real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
     distributed checkpoints save it sharded.
     """
@@ -510,6 +513,36 @@ def local_shards(param: torch.Tensor, grad: torch.Tensor,
             raise ValueError(f"a DTensor param with placements {param.placements} has a {name} with placements "
                              f"{placements}: optimlab updates DTensors shard by shard and needs them to match")
     return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
+
+
+def _shard_sums(rule: Rule, params: list[torch.Tensor], special: list[int]) -> dict[str, Any]:
+    """The `all_reduce` a backend applies to a reducing rule's per-tensor sums (one row per param) when some
+    params are DTensor shards: each such row is summed over the mesh dimensions the param is sharded on, so
+    every shard finishes with the whole tensor's sums (LAMB's ‖θ‖ and ‖u‖). `{}` when there is nothing to do.
+
+    Every rank has the same params with gradients (FSDP2 gives an empty shard an empty gradient), so the
+    collectives match across the group.
+    """
+    if not rule.reductions or not special:
+        return {}
+    by_group: dict[Any, list[int]] = defaultdict(list)
+    for row, param in enumerate(params):
+        if _is_dtensor(param):
+            for dim, placement in enumerate(param.placements):
+                if placement.is_shard():
+                    by_group[param.device_mesh.get_group(dim)].append(row)
+    if not by_group:
+        return {}
+
+    def all_reduce(sums: torch.Tensor) -> torch.Tensor:
+        sums = sums.clone()
+        for group, rows in by_group.items():
+            partial = sums[rows]
+            torch.distributed.all_reduce(partial, group=group)
+            sums[rows] = partial
+        return sums
+
+    return {"all_reduce": all_reduce}
 
 
 def _is_dtensor(tensor: Any) -> bool:
