@@ -144,7 +144,7 @@ NORMALIZED = Rule(name="normalized_clipped_sgd", update=_normalized_update,
 def test_a_rule_from_outside_the_package_runs_on_every_backend_as_rule_step(backend, dtype, maximize):
     """Helper, reduction and flag together; tensors from empty to several chunks, one gradient all zeros."""
     generator = torch.Generator().manual_seed(3)
-    sizes = (5, 0, 1, 3000, 40)
+    sizes = (5, 0, 1, 40_000, 40)  # 40,000: more than one Numba chunk (CHUNK = 32,768) and Triton block
     grads = [torch.randn(size, generator=generator, dtype=dtype) * 3 for size in sizes]
     grads[4] = torch.zeros(40, dtype=dtype)
     params = [torch.randn(size, generator=generator, dtype=dtype) for size in sizes]
