@@ -221,7 +221,7 @@ def test_freed_state_drops_the_cached_pointer_table():
 
 def test_the_kernel_is_the_rules_own_code_and_the_driver_holds_no_math():
     rule = RULES["rmsprop"]
-    flags = (("centered", True), ("use_momentum", False), ("maximize", False))
+    flags = (("use_weight_decay", False), ("centered", True), ("use_momentum", False), ("maximize", False))
     variant = numba_cpu.Variant("float32", "float32", flags, (True, True, False), False, ("python",) * 6)
     run = numba_cpu.driver(rule, variant)
     update = sys.modules[run.py_func.__module__].update

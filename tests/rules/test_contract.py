@@ -94,12 +94,16 @@ def test_rmsprop_momentum_is_a_derived_flag():
     assert any_nonzero(np.array([0.0, 0.3])) and not any_nonzero(torch.zeros(()))
 
 
-def test_a_lab_sweep_over_rmsprops_momentum_matches_each_run_alone():
-    """The branch is taken for the whole sweep; momentum 0 on the buffer path is exactly plain RMSprop."""
-    momenta = [0.0, 0.5, 0.9]
-    swept = sweep("ellipse", "rmsprop", {"lr": 0.05, "momentum": momenta}, steps=20)
-    for index, momentum in enumerate(momenta):
-        alone = sweep("ellipse", "rmsprop", {"lr": 0.05, "momentum": momentum}, steps=20)
+@pytest.mark.parametrize(("optimizer", "name", "values"), [("rmsprop", "momentum", [0.0, 0.5, 0.9]),
+                                                           ("sgd", "weight_decay", [0.0, 0.1]),
+                                                           ("adam", "weight_decay", [0.1, 0.0]),
+                                                           ("nadam", "weight_decay", [0.0, 0.3])])
+def test_a_lab_sweep_over_a_value_a_flag_derives_from_matches_each_run_alone(optimizer, name, values):
+    """The branch is taken for the whole sweep; its zero on that path (b = g / avg, g + 0 θ) is exactly the
+    plain run's."""
+    swept = sweep("ellipse", optimizer, {"lr": 0.05, name: values}, steps=20)
+    for index, value in enumerate(values):
+        alone = sweep("ellipse", optimizer, {"lr": 0.05, name: value}, steps=20)
         np.testing.assert_array_equal(swept.path[:, index], alone.path[:, 0])
 
 

@@ -17,9 +17,9 @@ hyperparameters may be arrays). Every operation is elementwise, so config i of a
 what config i computes alone: `run` is a sweep of one, and the results agree bit for bit.
 
 Hyperparameters take the rule's names (`lr`, `momentum`, `betas`, `eps`, ...). In a sweep each may be a
-scalar or a 1-D sequence of length n_configs (for `betas`, each of the pair may be); booleans and the
-hyperparameters a rule branches on (`weight_decay`) must be the same for all configs; flags derived from a
-value (RMSProp's `use_momentum`) hold for the whole sweep (see `optimlab.rules.base`).
+scalar or a 1-D sequence of length n_configs (for `betas`, each of the pair may be); booleans must be
+the same for all configs; flags derived from a value (`use_weight_decay`, RMSProp's `use_momentum`) hold for
+the whole sweep (see `optimlab.rules.base`).
 """
 
 from __future__ import annotations

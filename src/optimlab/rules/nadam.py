@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_betas, check_bool, check_nonnegative
+from .base import Rule, any_nonzero, check_betas, check_bool, check_nonnegative
 from .primitives import lerp, regularized_gradient, sqrt
 
 
-def update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, bias_correction2, eps,
+def update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, use_weight_decay, bias_correction2, eps,
            grad_step, exp_avg_step, decoupled_weight_decay, maximize):
     """m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;  θ ← θ + grad_step · g / d + exp_avg_step · m / d."""
     if decoupled_weight_decay:
@@ -29,7 +29,7 @@ def update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, bia
             grad = -grad
         param = param * (1 - lr * weight_decay)
     else:
-        grad = regularized_gradient(param, grad, weight_decay, maximize)
+        grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     exp_avg = lerp(exp_avg, grad, 1 - beta1)
     exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
     denom = sqrt(exp_avg_sq / bias_correction2) + eps
@@ -56,7 +56,7 @@ def coefficients(step, *, lr, betas, eps, weight_decay, momentum_decay, decouple
     mu = momentum_cache(step, beta1, momentum_decay)
     mu_next = momentum_cache(step + 1, beta1, momentum_decay)
     return {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": weight_decay,
-            "bias_correction2": 1 - beta2 ** step, "eps": eps,
+            "use_weight_decay": any_nonzero(weight_decay), "bias_correction2": 1 - beta2 ** step, "eps": eps,
             "grad_step": -lr * (1.0 - mu) / (1.0 - mu_product),
             "exp_avg_step": (-lr * mu_next) / (1.0 - mu_product * mu_next),
             "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize}
@@ -88,7 +88,7 @@ RULE = Rule(
     validate=validate,
     trace=trace,
     initial_state=lambda name, hyper: 1.0 if name == "mu_product" else 0.0,
-    flags=("decoupled_weight_decay", "maximize"),
+    flags=("use_weight_decay", "decoupled_weight_decay", "maximize"),
     scalar_state=("mu_product",),
     scalar_update=scalar_update,
 )

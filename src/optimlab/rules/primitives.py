@@ -132,11 +132,15 @@ def _torch_pair(operation, a, b):
     return getattr(torch, operation)(a, b)
 
 
-def regularized_gradient(param, grad, weight_decay, maximize):
-    """The gradient every rule starts from: negated to maximize, plus L2 decay `weight_decay * param`."""
+def regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize):
+    """The gradient every rule starts from: negated to maximize, plus L2 decay `weight_decay * param`.
+
+    `use_weight_decay` is the derived flag `any_nonzero(weight_decay)` (rules/base.py): PyTorch adds no decay
+    term at λ = 0, and a lab sweep over λ (0 included) adds it for every config, exactly 0 · θ for λ = 0.
+    """
     if maximize:
         grad = -grad
-    if weight_decay != 0:
+    if use_weight_decay:
         grad = grad + weight_decay * param
     return grad
 

@@ -17,9 +17,9 @@ from .primitives import lerp, regularized_gradient, sqrt
 
 
 def update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, eps_root, weight_decay,
-           momentum, centered, use_momentum, maximize):
+           use_weight_decay, momentum, centered, use_momentum, maximize):
     """s ← ρ s + (1 − ρ) g²;  θ ← θ − η g / (√(s [− ḡ²] + eps_root) + eps)  (through b with momentum)."""
-    grad = regularized_gradient(param, grad, weight_decay, maximize)
+    grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     square_avg = square_avg * alpha + (1 - alpha) * grad * grad
     if centered:
         grad_avg = lerp(grad_avg, grad, 1 - alpha)
@@ -36,8 +36,9 @@ def update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, e
 
 def coefficients(step, *, lr, alpha, eps, eps_root, weight_decay, momentum, centered,
                  maximize) -> dict[str, Any]:
-    """The update's scalars; `use_momentum` is derived (see `active_state`)."""
+    """The update's scalars; `use_weight_decay` and `use_momentum` are derived (see `active_state`)."""
     return {"lr": lr, "alpha": alpha, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay,
+            "use_weight_decay": any_nonzero(weight_decay),
             "momentum": momentum, "centered": centered, "use_momentum": any_nonzero(momentum), "maximize": maximize}
 
 
@@ -74,5 +75,5 @@ RULE = Rule(
     active_state=active_state,
     validate=validate,
     trace=trace,
-    flags=("centered", "use_momentum", "maximize"),
+    flags=("use_weight_decay", "centered", "use_momentum", "maximize"),
 )
