@@ -94,3 +94,20 @@ def test_signature_and_defaults():
     optimizer = optimlab.torch.LAMB([torch.nn.Parameter(torch.ones(2))])
     assert {key: optimizer.defaults[key] for key in ("lr", "betas", "eps", "weight_decay")} == \
         {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0}
+
+
+def test_a_tensor_big_enough_to_be_shared_between_threads(backend):
+    """Several Numba chunks in parallel pieces (and Triton programs): the sums still add up per tensor."""
+    generator = torch.Generator().manual_seed(5)
+    params = [torch.nn.Parameter(torch.randn(size, generator=generator, dtype=torch.float64)) for size in (70_000, 3)]
+    twins = [torch.nn.Parameter(param.detach().clone()) for param in params]
+    ours = optimlab.torch.LAMB(params, lr=0.01, weight_decay=0.1, backend=backend)
+    eager = optimlab.torch.LAMB(twins, lr=0.01, weight_decay=0.1, backend="eager")
+    for _ in range(2):
+        for param, twin in zip(params, twins, strict=True):
+            param.grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+            twin.grad = param.grad.clone()
+        ours.step()
+        eager.step()
+    for param, twin in zip(params, twins, strict=True):
+        torch.testing.assert_close(param.detach(), twin.detach(), rtol=1e-12, atol=1e-14)

@@ -592,10 +592,13 @@ class NumbaCPU:
             selection = split.selection
             chunk_tensor = split.tables[2]
             partial = np.zeros((len(chunk_tensor), len(rule.reductions)))
-            _REDUCERS[rule, variant](0, len(chunk_tensor),
-                                     param_pointers if selection is None else param_pointers[selection],
-                                     grad_pointers if selection is None else grad_pointers[selection],
-                                     *split.tables, scale, partial, *scalars)
+            arguments = (param_pointers if selection is None else param_pointers[selection],
+                         grad_pointers if selection is None else grad_pointers[selection],
+                         *split.tables, scale, partial, *scalars)
+            if len(split.pieces) == 1:  # each chunk writes its own row of `partial`: pieces may run in parallel
+                _REDUCERS[rule, variant](*split.pieces[0], *arguments)
+            else:
+                _WORKERS.run(split.pieces, _REDUCERS[rule, variant], arguments, layout.threads - 1)
             split_sums = np.zeros((len(split.tables[1]), len(rule.reductions)))
             np.add.at(split_sums, chunk_tensor, partial)
             sums[slice(None) if selection is None else selection] = split_sums

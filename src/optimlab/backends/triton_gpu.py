@@ -538,8 +538,11 @@ class TritonBackend:
 
 
 def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32", state_dtype: str | None = None,
-        step: Any = 2, aligned: bool = True, numel_multiple: int = 1, large: bool = True, arch: int = 90) -> str:
+        step: Any = 2, aligned: bool = True, numel_multiple: int = 1, large: bool = True, arch: int = 90,
+        stage: str = "update") -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
+
+    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel.
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
     vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`. `step` may be a 0-dim tensor,
@@ -558,7 +561,7 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
-        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, False, aligned, numel_multiple)
+        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, False, aligned, numel_multiple, stage)
     signature, constants = {}, {}
     for index, parameter in enumerate(kernel.params):
         name = parameter.name
@@ -567,7 +570,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name.removeprefix("_ol_v_")))
         else:
             pointer = "*i1" if kinds.get(name.removeprefix("_ol_p_")) == "bool_pointer" else "*fp32"
-            fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
+            fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32",
+                     "partial": "*fp64" if dtype == "float64" else "*fp32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
             signature[name] = fixed.get(name, pointer if name.startswith("_ol_p_") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
