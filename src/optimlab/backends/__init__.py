@@ -4,16 +4,21 @@ A backend applies one rule to a list of tensors in place. The PyTorch front end 
 everything else — param groups, state creation, step counting, AMP's `found_inf`, complex params (it
 passes `torch.view_as_real` views, so backends only ever see real tensors), sparse gradients — and calls
 
-    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None)
+    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None[, all_reduce=...])
 
-once per param group and distinct step count, where
+once per param group and distinct step count (and, for rules with per-param scalar state, distinct values
+of it), where
 
 * `params`, `grads`: lists of real, same-device tensors; `params[i]` and `states[i]` are updated in place,
 * `states[i]`: the param's state tensors in `rule.active_state(hyperparameters)` order (possibly in a
   lower-precision `state_dtype` than the param: results are rounded to nearest-even on store),
 * `coefficients`: `rule.coefficients(step, **hyperparameters)`, Python scalars or 0-dim tensors,
 * `grad_scale`: where not None, gradients are divided by it before the rule (AMP's fused unscale);
-  `grads` themselves are left as they are.
+  `grads` themselves are left as they are;
+* for a rule with per-tensor reductions (`rule.reductions`), the backend sums `rule.reduce`'s terms over
+  each tensor, passes the sums (a tensor with one row per param) through `all_reduce` when the front end
+  gives one (DTensor shards: the sum over the shard group), and feeds `rule.finish`'s per-tensor
+  coefficients to the update. The front end passes `all_reduce` only to such rules.
 
 `supports(...)` returns None when the backend can take the work, else a one-line reason; `backend="auto"`
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
@@ -41,8 +46,8 @@ class Backend(Protocol):
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None) -> None:
-        """Apply `rule.update` to every (param, grad, state) in place."""
+             grad_scale: Any = None, all_reduce: Any = None) -> None:
+        """Apply `rule.update` to every (param, grad, state) in place (after the reductions, if any)."""
 
 
 #: Registered backends in `auto` preference order (fastest first). Modules register on import.

@@ -3,7 +3,8 @@
 The contract is explicit and checked when a `Rule` is constructed (`Rule.__post_init__`), so a rule that
 breaks it fails at import with the reason, not later inside a kernel:
 
-* `update(param, grad, *state_names, *coefficient_names)` returns `(param, *state)` in the same order;
+* `update(param, grad, *state_names, *coefficient_names, *tensor_coefficients)` returns `(param, *state)`
+  in the same order;
 * `coefficients(step, **hyperparameters)` returns exactly the coefficient names as keys;
 * `flags` names the *structural* coefficients: Python bools the update branches on (`amsgrad`, `maximize`,
   RMSprop's derived `use_momentum`). Compiled backends make them compile-time constants; every other
@@ -85,7 +86,7 @@ class Rule:
 
     @functools.cached_property
     def helpers(self) -> dict[str, Callable]:
-        """The rule's own functions `update` calls, directly or through each other, by name.
+        """The rule's own functions `update` (and `reduce`, `finish`) call, directly or through each other.
 
         Read from the code: every global name of `update` (and, recursively, of each helper) bound to a
         Python function that is not a native or a formula of `primitives` — `regularized_gradient`, or a
