@@ -258,6 +258,13 @@ def test_unaligned_tensors_compile_without_vector_hints():
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_a_rule_with_scalar_state_compiles_for_a_gpu():
+    """NAdam: its coefficients come from the advanced `mu_product` (ptx starts it from the initial value)."""
+    rule, _ = OPTIMIZERS["nadam"]
+    assert "ld.global.v4.b32" in triton_gpu.ptx(rule, rule.defaults(weight_decay=0.1))
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
 @pytest.mark.parametrize("stage", ["update", "reduce"])
 def test_a_reducing_rule_compiles_for_a_gpu(stage):
     """LAMB's reduce kernel (row sums by `tl.reduce`) and its update kernel (per-tensor trust ratio loads)."""
