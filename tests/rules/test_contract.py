@@ -41,6 +41,7 @@ def test_a_rule_that_keeps_the_contract_constructs():
     ({"flags": ("maximize", "amsgrad")}, r"flags \['amsgrad'\] are not coefficients"),
     ({"coefficients": lambda step, *, lr, maximize: {"lr": lr, "maximize": 0}}, "'maximize' must be a Python bool"),
     ({"name": "_ol_toy"}, "start with '_ol_'"),
+    ({"name": "my-rule"}, "must be a Python identifier"),
     ({"active_state": lambda hyper: ("exp_avg_sq",)}, "active_state names"),
     ({"validate": lambda hyper: (_ for _ in ()).throw(ValueError("Invalid lr: 0.1"))},
      "default hyperparameters are invalid"),

@@ -207,6 +207,8 @@ def check_contract(rule: Rule) -> None:
     def fail(reason: str) -> None:
         raise ValueError(f"rule {rule.name!r}: {reason}")
 
+    if not (isinstance(rule.name, str) and rule.name.isidentifier()):
+        fail("its name must be a Python identifier (generated kernels and modules are named after it)")
     parameters = list(inspect.signature(rule.update).parameters.values())
     if any(parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
            or parameter.default is not parameter.empty for parameter in parameters):
