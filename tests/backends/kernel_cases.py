@@ -27,6 +27,7 @@ VARIANTS = {
     "adam-maximize-eps-root": ("adam", {"lr": 0.01, "maximize": True, "eps": 0.0, "eps_root": 1e-8}),
     "adamw": ("adamw", {"lr": 0.01}),
     "adamw-amsgrad-maximize": ("adamw", {"lr": 0.01, "amsgrad": True, "maximize": True, "betas": (0.8, 0.99)}),
+    "lion-decay": ("lion", {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.95)}),
 }
 
 

@@ -43,7 +43,7 @@ def step_once() -> None:
 
 def forget_driver() -> None:
     """Drop the compiled driver of `VARIANT` from this process, so that the next step builds it anew."""
-    for key, (_, run) in list(numba_cpu._DRIVERS.items()):
+    for key, run in list(numba_cpu._DRIVERS.items()):
         if key[1] == VARIANT:
             del numba_cpu._DRIVERS[key]
             sys.modules.pop(run.py_func.__module__, None)

@@ -42,7 +42,7 @@ def test_threads_building_the_same_new_drivers_each_get_the_finished_driver(tmp_
             assert [type(result) for result in results if isinstance(result, Exception)] == []
             assert len({id(result) for result in results}) == 1  # one driver, fully executed, for all
     finally:  # their cache directory is about to go: later tests build their own
-        for key, (_, run) in list(numba_cpu._DRIVERS.items()):
+        for key, run in list(numba_cpu._DRIVERS.items()):
             if any(run is known for known in built):
                 del numba_cpu._DRIVERS[key]
                 sys.modules.pop(run.py_func.__module__, None)

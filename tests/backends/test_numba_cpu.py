@@ -16,7 +16,7 @@ import torch
 from tests.backends.kernel_cases import VARIANTS, assert_all_close, reference, setup
 
 from optimlab.backends import BACKENDS, numba_cpu
-from optimlab.rules import RULES
+from optimlab.rules import RULES, primitives
 
 #: One configuration per rule, for the dtype tests (the first momentum step is a variant of its own too).
 PER_RULE = ["sgd", "momentum", "adagrad", "rmsprop-centered-momentum-maximize", "adam"]
@@ -221,14 +221,14 @@ def test_freed_state_drops_the_cached_pointer_table():
 
 def test_the_kernel_is_the_rules_own_code_and_the_driver_holds_no_math():
     rule = RULES["rmsprop"]
-    variant = numba_cpu.Variant("float32", "float32", (("centered", True), ("maximize", False)),
-                                (True, True, False), False, ("python",) * 6)
+    flags = (("use_weight_decay", False), ("centered", True), ("use_momentum", False), ("maximize", False))
+    variant = numba_cpu.Variant("float32", "float32", flags, (True, True, False), False, ("python",) * 6)
     run = numba_cpu.driver(rule, variant)
     update = sys.modules[run.py_func.__module__].update
     assert update.py_func.__code__ is rule.update.__code__  # the rule's own code object, compiled
     source = numba_cpu.driver_source(rule, variant)
     assert sum(line.count(" update(") for line in source.splitlines()) == 1
-    arithmetic = {"+", "-", "*", "/", "**", "sqrt", "lerp", "maximum"}
+    arithmetic = {"+", "-", "*", "/", "**", "lerp", *primitives.NATIVE}
     for addressing in ("+ 4 * start", "chunk_stop[chunk] - start"):  # the only arithmetic a driver does
         source = source.replace(addressing, "")
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
@@ -266,7 +266,7 @@ def test_compiled_drivers_load_from_the_disk_cache_in_a_new_process():
         params, grads = [torch.ones(4)], [torch.ones(4)]
         for _ in range(2):  # the first process may compile; the second must hit the cache
             numba_cpu.BACKEND.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, [[]])
-        (run,) = [run for _, run in numba_cpu._DRIVERS.values()]
+        (run,) = list(numba_cpu._DRIVERS.values())
         print(sum(run.stats.cache_hits.values()), sum(run.stats.cache_misses.values()))
     """)
     outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout

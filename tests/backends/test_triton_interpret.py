@@ -255,3 +255,18 @@ def test_float64_compiles_to_exact_float64_arithmetic():
 def test_unaligned_tensors_compile_without_vector_hints():
     rule, _ = OPTIMIZERS["adam"]
     assert "ld.global.v4" not in triton_gpu.ptx(rule, rule.defaults(), aligned=False)
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_a_rule_with_scalar_state_compiles_for_a_gpu():
+    """NAdam: its coefficients come from the advanced `mu_product` (ptx starts it from the initial value)."""
+    rule, _ = OPTIMIZERS["nadam"]
+    assert "ld.global.v4.b32" in triton_gpu.ptx(rule, rule.defaults(weight_decay=0.1))
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.parametrize("stage", ["update", "reduce"])
+def test_a_reducing_rule_compiles_for_a_gpu(stage):
+    """LAMB's reduce kernel (row sums by `tl.reduce`) and its update kernel (per-tensor trust ratio loads)."""
+    rule, _ = OPTIMIZERS["lamb"]
+    assert "ld.global.v4.b32" in triton_gpu.ptx(rule, rule.defaults(weight_decay=0.1), stage=stage)

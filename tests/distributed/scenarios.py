@@ -6,6 +6,8 @@ on a given backend — under the same parallelism, and asserts the results agree
 * `ddp_*`: `DistributedDataParallel`, AdamW;
 * `fsdp2_*`: `fully_shard` (params are `DTensor` shards), each optimizer (SGD with Nesterov momentum,
   Adagrad, RMSprop, Adam, AdamW);
+* `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
+  tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
 * `zero_*`: `ZeroRedundancyOptimizer(optimizer_class=...)`, its state dict consolidated on rank 0 and
   loaded back;
 * `dcp_*`: `torch.distributed.checkpoint` under FSDP2, saved mid-training and restored into a fresh model and
@@ -155,6 +157,20 @@ def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
                              f"{name} local state shards after FSDP2 training", backend)
 
 
+def fsdp2_lamb(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    import optimlab.torch
+
+    settings = {"lr": 0.02, "betas": (0.8, 0.99), "weight_decay": 0.1}
+    model = sharded_model(world_size)
+    train(model, optimlab.torch.LAMB(model.parameters(), backend=backend, **settings), rank, range(STEPS))
+    sharded = {name: param.full_tensor().detach() for name, param in model.named_parameters()}
+    whole = tiny_model()
+    wrapped = DistributedDataParallel(whole)
+    train(wrapped, optimlab.torch.LAMB(wrapped.parameters(), backend="eager", **settings), rank, range(STEPS))
+    assert_matches_torch(sharded, {name: param.detach() for name, param in whole.named_parameters()},
+                         "LAMB params trained on FSDP2 shards against the whole tensors under DDP", backend)
+
+
 def fsdp2_mismatched_gradient(rank: int, world_size: int, workdir: Path) -> None:
     """A DTensor param whose gradient is sharded differently is refused, not updated element by wrong element."""
     import optimlab.torch
@@ -255,5 +271,6 @@ BACKENDS = ("eager", "numba")
 for _backend in BACKENDS:
     globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
+    globals()[f"fsdp2_lamb_{_backend}"] = functools.partial(fsdp2_lamb, backend=_backend)
     globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)
     globals()[f"dcp_resume_{_backend}"] = functools.partial(dcp_resume, backend=_backend)

@@ -78,7 +78,7 @@ def test_tour_writes_the_report(tmp_path, monkeypatch, check):
     (("paths", "--preset", "nope"), "Invalid --preset"),
     (("paths", "--preset", "notes", "--start", "3", "--steps", "9"), "--preset notes sets the surface, lrs and "
                                                                     "steps itself: drop --start, --steps"),
-    (("train", "--optimizers", "lion"), "Invalid optimizer: 'lion'"),
+    (("train", "--optimizers", "unknown"), "Invalid optimizer: 'unknown'"),
     (("train", "--epochs", "0"), "Invalid sizes"),
     (("sparse", "--density", "0"), "Invalid sparse problem"),
     (("tour", "--epochs", "0"), "Invalid --epochs"),

@@ -17,6 +17,8 @@ CONFIGS = {
     "rmsprop": {"lr": 0.01, "alpha": 0.9, "centered": True, "momentum": 0.5, "eps_root": 1e-8},
     "adam": {"lr": 0.1, "amsgrad": True, "eps_root": 1e-8, "weight_decay": 0.01},
     "adamw": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.4, 0.9)},
+    "lion": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.8, 0.95)},
+    "nadam": {"lr": 0.1, "weight_decay": 0.1, "momentum_decay": 0.01},
 }
 
 
@@ -24,7 +26,8 @@ def _run(name, values, convert):
     rule, overrides = OPTIMIZERS[name]
     hyper = rule.defaults(**{**overrides, **CONFIGS[name]})
     params = [convert(value) for value in values[0]]
-    states = [{state: convert(rule.initial_state(state, hyper)) for state in rule.active_state(hyper)}
+    states = [{state: convert(rule.initial_state(state, hyper)) for state in (*rule.active_state(hyper),
+                                                                              *rule.scalar_state)}
               for _ in params]
     for t, grads in enumerate(values[1:], start=1):
         for index, grad in enumerate(grads):
@@ -50,7 +53,9 @@ def test_update_signature_names_state_then_coefficients(rule):
     parameters = list(inspect.signature(rule.update).parameters)
     assert parameters[:2] == ["param", "grad"]
     assert tuple(parameters[2:2 + len(rule.state_names)]) == rule.state_names
-    coefficients = rule.coefficients(1, **rule.defaults())
+    hyper = rule.defaults()
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
+    coefficients = rule.coefficients(1, **hyper, **scalars)
     assert set(rule.coefficient_names) == set(coefficients)
 
 
@@ -63,15 +68,18 @@ def test_specialize_runs_the_rules_own_code(rule):
         calls.append(x)
         return math.sqrt(x)
 
-    native = {"sqrt": counting_sqrt, "maximum": max, "lerp": primitives.lerp}
+    native = {**{name: getattr(primitives, name) for name in primitives.NATIVE}, "sqrt": counting_sqrt}
     specialized = rule.specialize(native)
     assert specialized.__code__ is rule.update.__code__
     hyper = rule.defaults()
-    coefficients = rule.coefficients(1, **hyper)
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
+    coefficients = rule.coefficients(1, **hyper, **scalars)
+    per_tensor = rule.finish(*(1.0 for _ in rule.reductions)) if rule.reductions else {}
     arguments = [1.0, 0.5] + [rule.initial_state(name, hyper) for name in rule.state_names] \
-        + [coefficients[name] for name in rule.coefficient_names]
+        + [coefficients[name] for name in rule.coefficient_names] \
+        + [per_tensor[name] for name in rule.tensor_coefficients]
     assert specialized(*arguments) == rule.update(*arguments)
-    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam"))
+    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam", "nadam", "lamb"))  # the rules with a root
 
 
 def test_specialize_requires_every_native():

@@ -173,7 +173,7 @@ def test_a_run_is_cut_where_any_traced_quantity_overflows_even_if_x_is_finite():
     ({"optimizers": []}, ("body", "optimizers"), "at least 1"),
     ({"optimizers": [{"name": "sgd"}] * (MAX_OPTIMIZERS + 1)}, ("body", "optimizers"), f"{MAX_OPTIMIZERS}"),
     ({"steps": MAX_STEPS, "optimizers": [{"name": "sgd"}] * 3}, ("body", "steps"), f"{MAX_TOTAL_STEPS}"),
-    ({"optimizers": [{"name": "lion"}]}, ("body", "optimizers", 0), "'adam'"),
+    ({"optimizers": [{"name": "unknown"}]}, ("body", "optimizers", 0), "'adam'"),
     ({"optimizers": [{"name": "adam", "hyperparameters": {"lr": -1.0}}]},
      ("body", "optimizers", 0, "hyperparameters", "lr"), "Invalid lr: -1.0"),
     ({"optimizers": [{"name": "adam", "hyperparameters": {"lr": "0.1"}}]},

@@ -18,6 +18,9 @@ PAIRS = [
     pytest.param("RMSprop", "RMSprop", {"centered": True, "momentum": 0.5}, id="RMSprop"),
     pytest.param("Adam", "Adam", {"lr": 0.01, "amsgrad": True}, id="Adam"),
     pytest.param("AdamW", "AdamW", {"lr": 0.01, "weight_decay": 0.1}, id="AdamW"),
+    pytest.param("NAdam", "NAdam", {"lr": 0.01, "weight_decay": 0.1, "momentum_decay": 6e-3}, id="NAdam"),
+    pytest.param("NAdam", "NAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+                 id="NAdam-decoupled"),
 ]
 
 
@@ -80,7 +83,35 @@ def test_torch_checkpoint_resumes_in_optimlab_and_back(mlp, batches, backend, ou
     assert_same_params(torch_params, our_params)
     for index, state in reference.state_dict()["state"].items():
         for key, value in state.items():
-            torch.testing.assert_close(optimizer.state_dict()["state"][index][key], value, rtol=1e-12, atol=1e-15)
+            # torch.optim's own load casts NAdam's `mu_product` (not `step`) to the param's dtype, as ours does
+            torch.testing.assert_close(optimizer.state_dict()["state"][index][key], value, rtol=1e-12, atol=1e-15,
+                                       check_dtype=key != "mu_product")
+            assert resumed.state_dict()["state"][index][key].dtype == optimizer.state_dict()["state"][index][key].dtype
+
+
+@pytest.mark.parametrize(("value", "message"), [(None, r"lacks \['mu_product'\]"),
+                                                (torch.tensor(float("nan")), "mu_product must be a finite number"),
+                                                ("1.0", "mu_product must be a finite number")])
+def test_nadam_checks_its_scalar_state_and_keeps_it_float32(mlp, value, message):
+    """`mu_product` is per-param scalar state: a 0-dim float32 tensor like `step`, even under a `state_dtype`."""
+    model = mlp()
+    optimizer = optimlab.torch.NAdam(model.parameters(), backend="eager", state_dtype=torch.bfloat16)
+    model(torch.ones(2, 8)).sum().backward()
+    optimizer.step()
+    saved = round_trip(optimizer.state_dict())
+    state = saved["state"][0]
+    assert state["mu_product"].shape == () and state["mu_product"].dtype == torch.float32
+    assert state["exp_avg"].dtype == torch.bfloat16
+    fresh = optimlab.torch.NAdam(mlp().parameters(), backend="eager", state_dtype=torch.bfloat16)
+    fresh.load_state_dict(saved)
+    assert all(each["mu_product"].dtype == torch.float32 for each in fresh.state.values())
+    broken = copy.deepcopy(saved)
+    if value is None:
+        del broken["state"][0]["mu_product"]
+    else:
+        broken["state"][0]["mu_product"] = value
+    with pytest.raises(ValueError, match=message):
+        fresh.load_state_dict(broken)
 
 
 def test_state_dtype_survives_save_and_load(mlp):

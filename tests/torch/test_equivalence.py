@@ -77,6 +77,17 @@ CASES = [
     case("AdamW", {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}, id="amsgrad"),
     case("AdamW", {"lr": 0.01, "maximize": True}, id="maximize"),
     case("AdamW", {"lr": 0.01}, groups=({"weight_decay": 0.5}, {"lr": 0.001}), id="groups"),
+    # NAdam: PyTorch's optim_inputs_func_nadam (CPU configurations), plus a tensor lr and two groups
+    case("NAdam", {}, id="default"),
+    case("NAdam", {"lr": 1e-3}, id="non_default_lr"),
+    case("NAdam", {"lr": tensor_lr(0.01)}, id="tensor_lr"),
+    case("NAdam", {"momentum_decay": 6e-3}, id="momentum_decay"),
+    case("NAdam", {"weight_decay": 0.1}, id="weight_decay"),
+    case("NAdam", {"weight_decay": 0.1, "momentum_decay": 6e-3}, id="weight_decay_momentum_decay"),
+    case("NAdam", {"weight_decay": 0.1, "momentum_decay": 6e-3, "decoupled_weight_decay": True}, id="decoupled"),
+    case("NAdam", {"weight_decay": 0.1, "maximize": True}, id="maximize"),
+    case("NAdam", {"lr": 0.01}, groups=({"lr": 0.001, "momentum_decay": 0.01}, {"betas": (0.5, 0.9)}), id="groups"),
+    case("NAdam", {"lr": 0.01}, scheduler=lambda o: lr_scheduler.CosineAnnealingLR(o, 30), id="CosineAnnealingLR"),
     # every scheduler kind of torch.optim.lr_scheduler
     case("Adam", {"lr": 0.01}, scheduler=lambda o: lr_scheduler.StepLR(o, 10, gamma=0.5), id="StepLR"),
     case("SGD", {"lr": 0.05}, scheduler=lambda o: lr_scheduler.MultiStepLR(o, [20, 60], gamma=0.3), id="MultiStepLR"),
@@ -189,7 +200,7 @@ def assert_same(reference: torch.optim.Optimizer, optimizer: torch.optim.Optimiz
                 assert_close(actual_state[key], value, rtol, f"state {key} of param {index}")
     for expected_group, actual_group in zip(expected["param_groups"], actual["param_groups"], strict=True):
         for key, value in expected_group.items():
-            if key in ("momentum", "betas", "lr", "initial_lr", "alpha"):
+            if key in ("momentum", "betas", "lr", "initial_lr", "alpha", "momentum_decay"):
                 torch.testing.assert_close(torch.as_tensor(actual_group[key], dtype=torch.float64),
                                            torch.as_tensor(value, dtype=torch.float64), rtol=1e-12, atol=0,
                                            msg=lambda message, key=key: f"group key {key}: {message}")

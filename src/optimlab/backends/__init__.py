@@ -4,16 +4,21 @@ A backend applies one rule to a list of tensors in place. The PyTorch front end 
 everything else — param groups, state creation, step counting, AMP's `found_inf`, complex params (it
 passes `torch.view_as_real` views, so backends only ever see real tensors), sparse gradients — and calls
 
-    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None)
+    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None[, all_reduce=...])
 
-once per param group and distinct step count, where
+once per param group and distinct step count (and, for rules with per-param scalar state, distinct values
+of it), where
 
 * `params`, `grads`: lists of real, same-device tensors; `params[i]` and `states[i]` are updated in place,
 * `states[i]`: the param's state tensors in `rule.active_state(hyperparameters)` order (possibly in a
   lower-precision `state_dtype` than the param: results are rounded to nearest-even on store),
 * `coefficients`: `rule.coefficients(step, **hyperparameters)`, Python scalars or 0-dim tensors,
 * `grad_scale`: where not None, gradients are divided by it before the rule (AMP's fused unscale);
-  `grads` themselves are left as they are.
+  `grads` themselves are left as they are;
+* for a rule with per-tensor reductions (`rule.reductions`), the backend sums `rule.reduce`'s terms over
+  each tensor, passes the sums (a tensor with one row per param) through `all_reduce` when the front end
+  gives one (DTensor shards: the sum over the shard group), and feeds `rule.finish`'s per-tensor
+  coefficients to the update. The front end passes `all_reduce` only to such rules.
 
 Optionally, `step_counters(counters)` takes the params' `step` tensors and returns an object that advances
 them faster than the front end's portable `optimlab.torch._counters.StepCounters` (one `torch._foreach_add_`),
@@ -23,8 +28,9 @@ with its three methods and semantics — `moved()`, `next_counts()`, `advance()`
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
 that reason as an error. `resolve(name, rule, hyperparameters, params, state_dtype)` makes that choice.
 
-Backends register themselves on import: `optimlab.backends.eager` (always there, last for `auto`), and
-optionally `numba_cpu` and `triton_gpu`, which the PyTorch front end tries to import (ahead of eager).
+Backends register themselves on import: `optimlab.backends.eager` (always there, last for `auto`: this
+package imports it), and optionally `numba_cpu` and `triton_gpu`, which the PyTorch front end tries to
+import (ahead of eager). Front ends use only this module's registry API, never a backend module's insides.
 """
 
 from __future__ import annotations
@@ -44,8 +50,8 @@ class Backend(Protocol):
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None) -> None:
-        """Apply `rule.update` to every (param, grad, state) in place."""
+             grad_scale: Any = None, all_reduce: Any = None) -> None:
+        """Apply `rule.update` to every (param, grad, state) in place (after the reductions, if any)."""
 
 
 #: Registered backends in `auto` preference order (fastest first). Modules register on import.
@@ -85,3 +91,6 @@ def resolve(name: str, rule: Rule, hyperparameters: Mapping[str, Any], params: S
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run {rule.name} here: {reason}")
     return backend
+
+
+from . import eager as _eager  # noqa: E402, F401 (registers "eager", the fallback of backend="auto")

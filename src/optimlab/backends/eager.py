@@ -11,7 +11,7 @@ the param's precision, and `copy_` rounds the result to nearest-even on store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,17 +37,34 @@ class Eager:
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-             states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None) -> None:
-        """Apply `rule.update` to every (param, grad, state) and copy the results in place."""
+             states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None,
+             all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Apply `rule.update` to every (param, grad, state) and copy the results in place.
+
+        A rule with reductions runs in two passes: the per-tensor sums of `rule.reduce`'s terms (one row per
+        param), passed through `all_reduce` where given (the front end's sum over DTensor shards), then
+        `rule.finish` and the update with each tensor's coefficients.
+        """
         active = rule.active_state(hyperparameters)
         position = {name: index for index, name in enumerate(active)}
         scalars = [coefficients[name] for name in rule.coefficient_names]
+        work = []
         for param, grad, state in zip(params, grads, states, strict=True):
             if grad_scale is not None:
                 grad = grad / grad_scale
             arguments = [state[position[name]].to(param.dtype) if name in position else None
                          for name in rule.state_names]
-            new_param, *new_state = rule.update(param, grad, *arguments, *scalars)
+            work.append((param, grad, state, arguments))
+        per_tensor: list[list[Any]] = [[] for _ in work]
+        if rule.reductions and work:
+            sums = torch.stack([torch.stack([term.sum() for term in rule.reduce(param, grad, *arguments, *scalars)])
+                                for param, grad, _, arguments in work])
+            if all_reduce is not None:
+                sums = all_reduce(sums)
+            finished = [rule.finish(*row) for row in sums.unbind()]
+            per_tensor = [[each[name] for name in rule.tensor_coefficients] for each in finished]
+        for (param, grad, state, arguments), extra in zip(work, per_tensor, strict=True):
+            new_param, *new_state = rule.update(param, grad, *arguments, *scalars, *extra)
             param.copy_(new_param)
             for name, value in zip(rule.state_names, new_state, strict=True):
                 if name in position:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..rules import Rule
+from ..rules.base import rebind
 from . import register
 
 #: Elements per chunk: a tensor is cut into chunks so that a big one spreads over every core.
@@ -62,16 +63,39 @@ def _native_sqrt(x):
     return np.sqrt(x)
 
 
+# `element_of` (optimlab.kernels.numba_scalars, bound in `specialize`) gives a coefficient the element's type
+# where a native selects between the two: both branches of a Numba conditional must have one type.
+
 def _native_maximum(a, b):
     # torch.maximum propagates a NaN from either side
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
     return a if (a > b or a != a) else b
 
 
-def _native_lerp(start, end, weight):
-    # torch.lerp's two-sided formula: weight = 1 returns `end` exactly
-    if abs(weight) < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+def _native_minimum(a, b):
+    # torch.minimum propagates a NaN from either side
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
+    return a if (a < b or a != a) else b
+
+
+def _native_where(condition, a, b):
+    a, b = element_of(a, b), element_of(b, a)  # noqa: F821
+    return a if condition else b
+
+
+def _native_sign(x):
+    # in x's own type (np.sign of a float32 is a float32); NaN gives 0 as torch.sign, not NumPy's NaN
+    return np.sign(x) if x == x else np.float32(0.0)
+
+
+def _native_abs(x):
+    # the builtin: Numba's `abs` also takes the coefficients' `Scalar` type (np.abs does not)
+    return abs(x)
+
+
+#: What a rule's natives (`primitives.NATIVE`) mean in a Numba kernel.
+_NATIVES = {"sqrt": _native_sqrt, "maximum": _native_maximum, "minimum": _native_minimum,
+            "where": _native_where, "sign": _native_sign, "abs": _native_abs}
 
 
 @functools.cache
@@ -145,9 +169,13 @@ def specialize(rule: Rule, compute: str) -> Any:
         # in the loop would also stop LLVM from vectorizing it)
         return numba.njit(inline="always", error_model="numpy")(function)
 
-    natives = {"sqrt": _native_sqrt, "maximum": _native_maximum, "lerp": _native_lerp}
-    kernel = rule.specialize({name: wrap(native) for name, native in natives.items()}, wrap)
+    from ..kernels.numba_scalars import element_of
+
+    natives = {name: wrap(rebind(native, {"element_of": element_of})) for name, native in _NATIVES.items()}
+    kernel = rule.specialize(natives, wrap)
     _SPECIALIZED[rule.name, compute] = kernel
+    if rule.reductions:
+        _SPECIALIZED[rule.name + ".reduce", compute] = rule.specialize(natives, wrap, "reduce")
     return kernel
 
 
@@ -205,25 +233,26 @@ def driver_source(rule: Rule, variant: Variant) -> str:
     flags = dict(variant.flags)
     scalars = [name for name in rule.coefficient_names if name not in flags]
     active = [name for name, used in zip(rule.state_names, variant.active, strict=True) if used]
-    locals_ = {"first", "last", "chunk", "tensor", "start", "size", "i", "param", "grad", "update", "np"}
-    clashes = locals_ & set(rule.coefficient_names + rule.state_names)
-    if clashes:
-        raise ValueError(f"{rule.name}: names {sorted(clashes)} clash with the driver's locals")
+    # The rule's names only ever appear behind the `_ol_` prefix (which rules may not use, see
+    # `Rule`), so none of them can capture or shadow one of the driver's own names.
+    ours = {name: f"_ol_{name}" for name in (*rule.state_names, *rule.coefficient_names, *rule.tensor_coefficients)}
 
     def view(name: str, pointer: str, kind: str) -> str:
         storage, itemsize = _STORAGE[kind]
-        return f"        {name} = carray(address({pointer} + {itemsize} * start), size, {storage})"
+        return f"        {ours.get(name, name)} = carray(address({pointer} + {itemsize} * start), size, {storage})"
 
     grad = _load(variant.param_kind, compute, "grad[i]")
     arguments = [_load(variant.param_kind, compute, "param[i]"),
                  f"{grad} / python_scalar(grad_scale)" if variant.has_grad_scale else grad]
-    arguments += [_load(variant.state_kind, compute, f"{name}[i]") if name in active else f"np.{compute}(0.0)"
+    arguments += [_load(variant.state_kind, compute, f"{ours[name]}[i]") if name in active else f"np.{compute}(0.0)"
                   for name in rule.state_names]
     kinds = dict(zip(scalars, variant.scalar_kinds, strict=True))
     arguments += [repr(flags[name]) if name in flags
-                  else f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({name})"
+                  else f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({ours[name]})"
                   for name in rule.coefficient_names]
-    results = ["new_param"] + [f"new_{name}" if name in active else "_" for name in rule.state_names]
+    # per-tensor coefficients (stage (a)): one float64 per tensor, computed on the host by `rule.finish`
+    tensor_arguments = [f"python_scalar({ours[name]}[tensor])" for name in rule.tensor_coefficients]
+    results = ["new_param"] + [f"new_{ours[name]}" if name in active else "_" for name in rule.state_names]
     lines = [
         f'"""Generated by optimlab.backends.numba_cpu for rule {rule.name!r}: {variant.param_kind} params, '
         f"{variant.state_kind} state,",
@@ -246,20 +275,36 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "",
         "@njit(nogil=True, error_model='numpy')",
         f"def step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop, "
-        f"grad_scale{''.join(', ' + name for name in scalars)}):",
+        f"grad_scale{''.join(', ' + ours[name] for name in (*scalars, *rule.tensor_coefficients))}):",
+    ]
+    chunk_views = [
         "    for chunk in range(first, last):",
         "        tensor = chunk_tensor[chunk]",
         "        start = chunk_start[chunk]",
         "        size = np.uint64(chunk_stop[chunk] - start)  # unsigned: no negative-index checks in the loop",
         view("param", "param_ptrs[tensor]", variant.param_kind),
         view("grad", "grad_ptrs[tensor]", variant.param_kind),
+        *(view(name, f"state_ptrs[{rule.state_names.index(name)}, tensor]", variant.state_kind) for name in active),
     ]
-    lines += [view(name, f"state_ptrs[{rule.state_names.index(name)}, tensor]", variant.state_kind)
-              for name in active]
+    lines += chunk_views
     lines += ["        for i in range(size):",
-              f"            {', '.join(results)}, = update({', '.join(arguments)})",
+              f"            {', '.join(results)}, = update({', '.join(arguments + tensor_arguments)})",
               f"            param[i] = {_store(variant.param_kind, 'new_param')}"]
-    lines += [f"            {name}[i] = {_store(variant.state_kind, f'new_{name}')}" for name in active]
+    lines += [f"            {ours[name]}[i] = {_store(variant.state_kind, f'new_{ours[name]}')}" for name in active]
+    if rule.reductions:
+        # The reduce pass: over the same chunks, each chunk's sums of `rule.reduce`'s terms (in float64)
+        sums = [f"_ol_sum_{index}" for index in range(len(rule.reductions))]
+        terms = [f"_ol_term_{index}" for index in range(len(rule.reductions))]
+        lines += ["", "", f"reduce = specialized_update({rule.name + '.reduce'!r}, {compute!r})", "", "",
+                  "@njit(nogil=True, error_model='numpy')",
+                  f"def reduce_step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, "
+                  f"chunk_stop, grad_scale, partial{''.join(', ' + ours[name] for name in scalars)}):",
+                  *chunk_views,
+                  *(f"        {total} = 0.0" for total in sums),
+                  "        for i in range(size):",
+                  f"            {', '.join(terms)}, = reduce({', '.join(arguments)})",
+                  *(f"            {total} += {term}" for total, term in zip(sums, terms, strict=True)),
+                  *(f"        partial[chunk, {index}] = {total}" for index, total in enumerate(sums))]
     return "\n".join(lines) + "\n"
 
 
@@ -270,8 +315,10 @@ def _code_fingerprint(code: Any) -> list[Any]:
     return parts
 
 
-#: (id(rule), variant) → (rule, compiled driver); rules are unhashable (their hyperparameters are a dict)
-_DRIVERS: dict[tuple[int, Variant], tuple[Rule, Any]] = {}
+#: (rule, variant) → compiled driver (rules hash by identity; the key keeps the rule alive)
+_DRIVERS: dict[tuple[Rule, Variant], Any] = {}
+#: (rule, variant) → the compiled reduce pass of a rule with reductions (the same module as its driver)
+_REDUCERS: dict[tuple[Rule, Variant], Any] = {}
 #: Held while a driver is built, so that threads stepping the same new variant build it once. Reentrant, so
 #: that a thread forking while it builds one gets past `_wait_for_compiles`.
 _BUILDING = threading.RLock()
@@ -314,15 +361,18 @@ def driver(rule: Rule, variant: Variant) -> Any:
     Thread-safe: one thread builds a driver while the others wait for it, and its module enters
     `sys.modules` only once it is fully executed.
     """
-    key = (id(rule), variant)
+    key = (rule, variant)
     if key not in _DRIVERS:
         with _BUILDING:
             if key not in _DRIVERS:
-                _DRIVERS[key] = (rule, _build_driver(rule, variant))
-    return _DRIVERS[key][1]
+                module = _build_driver(rule, variant)
+                if rule.reductions:  # before the driver: a thread that finds the driver finds its reducer
+                    _REDUCERS[key] = module.reduce_step
+                _DRIVERS[key] = module.step
+    return _DRIVERS[key]
 
 
-def _build_driver(rule: Rule, variant: Variant) -> Any:
+def _build_driver(rule: Rule, variant: Variant) -> types.ModuleType:
     """Generate, hash and execute the driver's module (from memory: its source is never read from disk).
 
     The module is named by a hash of the source, the rule's and helpers' bytecode, the natives and the
@@ -337,7 +387,8 @@ def _build_driver(rule: Rule, variant: Variant) -> Any:
 
     specialize(rule, variant.compute)  # (re)registered for this rule object before its driver imports it
     source = driver_source(rule, variant)
-    functions = [rule.update, *primitives.HELPERS.values(), _native_sqrt, _native_maximum, _native_lerp]
+    functions = [rule.update, *([rule.reduce] if rule.reductions else []), *rule.helpers.values(),
+                 *primitives.FORMULAS.values(), *_NATIVES.values()]
     fingerprint = [numba.__version__, sys.version, source, Path(numba_scalars.__file__).read_text()]
     fingerprint += [_code_fingerprint(function.__code__) for function in functions]
     digest = hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:20]
@@ -350,10 +401,12 @@ def _build_driver(rule: Rule, variant: Variant) -> Any:
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
         exec(compile(source, filename, "exec"), module.__dict__)  # our own generated source
         directory = trusted_directory()
-        if directory is not None:
-            module.step._cache = DriverCache(module.step, directory)  # what `cache=True` would set, trusted
+        if directory is not None:  # what `cache=True` would set, trusted
+            module.step._cache = DriverCache(module.step, directory)
+            if rule.reductions:
+                module.reduce_step._cache = DriverCache(module.reduce_step, directory)
         sys.modules[module_name] = module  # Numba rebuilds a cached kernel's environment from it, by name
-    return module.step
+    return module
 
 
 # --- the per-group pointer table ------------------------------------------------------------------------
@@ -545,8 +598,6 @@ def _scalars(values: Any) -> tuple[list[Any], tuple[str, ...]]:
     """The non-flag coefficients as launch arguments, and their kinds (see `optimlab.kernels.numba_scalars`)."""
     arguments, kinds = [], []
     for value in values:
-        if isinstance(value, bool):
-            continue
         if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
             arguments.append(np.float32(value.item()))
             kinds.append("float32")
@@ -662,8 +713,12 @@ class NumbaCPU:
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-             states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None) -> None:
-        """One fused, in-place pass of `rule.update` over the whole group (one launch per dtype pair)."""
+             states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None,
+             all_reduce: Any = None) -> None:
+        """One fused, in-place pass of `rule.update` over the whole group (one launch per dtype pair).
+
+        A rule with reductions first runs its reduce pass over the same chunks (see `_tensor_coefficients`).
+        """
         count = len(params)
         if count == 0:
             return
@@ -672,28 +727,65 @@ class NumbaCPU:
         param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
         grad_pointers = np.fromiter(map(_data_ptr, grads), np.int64, count)
         layout = self._layout(rule, hyperparameters, params, states, param_pointers)
-        flags = tuple((name, value) for name, value in coefficients.items() if isinstance(value, bool))
-        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names)
+        flags = tuple((name, bool(coefficients[name])) for name in rule.flags)
+        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names if name not in rule.flags)
         scale = 1.0 if grad_scale is None else float(grad_scale)
-        for split in layout.splits:
+        per_tensor = self._tensor_coefficients(rule, layout, param_pointers, grad_pointers, scale, scalars, flags,
+                                               kinds, grad_scale is not None, all_reduce) if rule.reductions else None
+        for index, split in enumerate(layout.splits):
             variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None, kinds)
-            run = _DRIVERS.get((id(rule), variant))
-            run = run[1] if run is not None else driver(rule, variant)
+            run = _DRIVERS.get((rule, variant)) or driver(rule, variant)
             selection = split.selection
             arguments = (param_pointers if selection is None else param_pointers[selection],
                          grad_pointers if selection is None else grad_pointers[selection],
-                         *split.tables, scale, *scalars)
+                         *split.tables, scale, *scalars, *(per_tensor[index] if per_tensor else ()))
             if len(split.pieces) == 1:
                 run(*split.pieces[0], *arguments)
             else:
                 _WORKERS.run(split.pieces, run, arguments, layout.threads - 1)
+
+    @staticmethod
+    def _tensor_coefficients(rule: Rule, layout: _Layout, param_pointers: np.ndarray, grad_pointers: np.ndarray,
+                             scale: float, scalars: list[Any], flags: tuple, kinds: tuple[str, ...],
+                             has_grad_scale: bool, all_reduce: Any) -> list[list[np.ndarray]]:
+        """Stage (a): per-tensor sums of `rule.reduce`'s terms over the chunk table, `rule.finish`ed on the host.
+
+        Each chunk's sums (float64) go to a row of `partial`; rows add up per tensor (an empty tensor has no
+        chunk and sums to 0). `all_reduce` (the front end's, for DTensor shards) sees one row per param.
+        Returns, per split, one float64 array per tensor coefficient, indexed by the split's tensors.
+        """
+        sums = np.zeros((len(param_pointers), len(rule.reductions)))
+        for split in layout.splits:
+            variant = Variant(split.param_kind, split.state_kind, flags, split.used, has_grad_scale, kinds)
+            if (rule, variant) not in _REDUCERS:
+                driver(rule, variant)
+            selection = split.selection
+            chunk_tensor = split.tables[2]
+            partial = np.zeros((len(chunk_tensor), len(rule.reductions)))
+            arguments = (param_pointers if selection is None else param_pointers[selection],
+                         grad_pointers if selection is None else grad_pointers[selection],
+                         *split.tables, scale, partial, *scalars)
+            if len(split.pieces) == 1:  # each chunk writes its own row of `partial`: pieces may run in parallel
+                _REDUCERS[rule, variant](*split.pieces[0], *arguments)
+            else:
+                _WORKERS.run(split.pieces, _REDUCERS[rule, variant], arguments, layout.threads - 1)
+            split_sums = np.zeros((len(split.tables[1]), len(rule.reductions)))
+            np.add.at(split_sums, chunk_tensor, partial)
+            sums[slice(None) if selection is None else selection] = split_sums
+        if all_reduce is not None:
+            sums = all_reduce(torch.from_numpy(sums)).numpy()
+        finished = rule.finish(*sums.T)
+        columns = [np.broadcast_to(np.asarray(finished[name], dtype=np.float64), len(sums))
+                   for name in rule.tensor_coefficients]
+        return [[np.ascontiguousarray(column if split.selection is None else column[split.selection])
+                 for column in columns] for split in layout.splits]
 
     def _layout(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[torch.Tensor],
                 states: Sequence[Sequence[torch.Tensor]], param_pointers: np.ndarray) -> _Layout:
         active = rule.active_state(hyperparameters)
         threads = torch.get_num_threads()  # as many threads as torch's own CPU kernels use
         first_state = states[0][0] if len(states[0]) else None
-        key = (id(rule), id(params[0]), id(first_state), len(params))
+        key = (rule, id(params[0]), id(first_state), len(params))
         layout = self._layouts.get(key)
         if (layout is not None and layout.active == active and layout.threads == threads
                 and np.array_equal(layout.param_pointers, param_pointers)

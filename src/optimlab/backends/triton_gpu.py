@@ -70,7 +70,7 @@ INTERPRETER_TILE = 1 << 15
 LARGE_TENSOR = 65536
 
 
-# --- the natives a rule's `sqrt`, `maximum`, `lerp` mean inside a Triton kernel -----------------------------
+# --- what a rule's natives (`primitives.NATIVE`) mean inside a Triton kernel ---------------------------------
 # Plain functions over `tl`, compiled with `triton.jit` once triton is imported (see `_natives`).
 
 def sqrt(x):
@@ -87,9 +87,27 @@ def maximum(a, b):
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
-def lerp(start, end, weight):
-    """`torch.lerp`'s formula: `end - (end - start) * (1 - weight)` where |weight| >= 0.5 (see primitives.lerp)."""
-    return tl.where(tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
+def minimum(a, b):
+    """Elementwise minimum that propagates NaN, as `torch.minimum`."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+def where(condition, a, b):
+    return tl.where(condition, a, b)
+
+
+def sign(x):
+    """−1, 0 or 1 in x's dtype, as `torch.sign` (NaN gives 0: neither comparison holds)."""
+    return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
+def abs(x):  # noqa: A001 (the native's name)
+    return tl.abs(x)
+
+
+def add(a, b):
+    """The combine function of the reduce kernel's row sums."""
+    return a + b
 
 
 def widen_bfloat16(x):
@@ -140,7 +158,7 @@ def _device_function(triton: Any) -> Any:
 
 def _natives(triton: Any) -> dict[str, Any]:
     # `tl` too: the interpreter looks for it in a jitted function's globals
-    return {**_jit_all(triton, (sqrt, maximum, lerp)), "tl": triton.language}
+    return {**_jit_all(triton, (sqrt, maximum, minimum, where, sign, abs)), "tl": triton.language}
 
 
 # --- the generated kernel ----------------------------------------------------------------------------------
@@ -149,39 +167,57 @@ _SOURCES = itertools.count()  # numbers the generated sources: each gets its own
 _TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64"}
 
 
+#: The key of `grad_scale` among the coefficients' kinds: not a name a rule may use (see `Rule`).
+GRAD_SCALE = "_ol_grad_scale"
+
+
 def _tl_dtype(dtype: Any) -> str:
     return _TL_DTYPES[str(dtype).removeprefix("torch.")]
 
 
 def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str], dtypes: tuple[str, ...],
-                   found_inf: bool, aligned: bool, numel_multiple: int = 1) -> str:
+                   found_inf: bool, aligned: bool, numel_multiple: int = 1, stage: str = "update") -> str:
     """Python source of the kernel for one rule and one configuration.
 
-    `kinds[c]` says how coefficient `c` (and "grad_scale") arrives: "constexpr" (a structural bool),
+    `kinds[c]` says how coefficient `c` (and `GRAD_SCALE`) arrives: "constexpr" (a structural bool),
     "value" (a float argument: float32, or float64 for float64 params), "pointer" or "bool_pointer"
     (a 0-dim tensor loaded in the kernel), or "none" (no grad_scale).
     `dtypes` are the Triton dtypes of param, grad and each active state; float64 params compute in
     float64, the others in float32.
+
+    `stage="reduce"` makes a rule's reduce kernel instead (stage (a)): the same tiles, `rule.reduce`'s
+    terms summed per row (chunk) into `partial[chunk, k]`, nothing stored. The update kernel of such a rule
+    loads each row's per-tensor coefficients (one value per tensor, from `rule.finish` on the host).
     """
     compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
     slots = ("param", "grad", *active)
+    # Every name that comes from the rule (its state and coefficient names, and `param`, `grad` alongside them)
+    # appears only behind a prefix (`_ol_v_` its value, `_ol_p_` its pointer, `_ol_e_` its elements), which
+    # rules may not use: the kernel's own names (`numel`, `tl`, `update`, ...) can never be captured by them.
+    value, pointer, elements = (lambda name: f"_ol_v_{name}"), (lambda name: f"_ol_p_{name}"), \
+        (lambda name: f"_ol_e_{name}")
     arguments = ["layout", "addresses", "n_tensors", "total_blocks"]
     prologue = []
-    for name in (*rule.coefficient_names, "grad_scale"):
+    for name in (*rule.coefficient_names, GRAD_SCALE):
         kind = kinds[name]
         if kind == "constexpr":
-            arguments.append(f"{name}: tl.constexpr")
+            arguments.append(f"{value(name)}: tl.constexpr")
         elif kind == "value":  # Triton passes a Python float as float32 unless the parameter says otherwise
-            arguments.append(f"{name}: tl.float64" if compute == "tl.float64" else name)
+            arguments.append(f"{value(name)}: tl.float64" if compute == "tl.float64" else value(name))
         elif kind == "pointer":
-            arguments.append(f"{name}_pointer")
+            arguments.append(pointer(name))
             # A float64 group keeps a float32 tensor coefficient (a tensor lr) in float32 for the scalar
             # arithmetic the rule does with it (`1 - lr * weight_decay`), as PyTorch does with 0-dim tensors.
             conversion = "" if compute == "tl.float64" else ".to(tl.float32)"
-            prologue.append(f"    {name} = tl.load({name}_pointer){conversion}")
+            prologue.append(f"    {value(name)} = tl.load({pointer(name)}){conversion}")
         elif kind == "bool_pointer":
-            arguments.append(f"{name}_pointer")
-            prologue.append(f"    {name} = tl.load({name}_pointer) != 0")
+            arguments.append(pointer(name))
+            prologue.append(f"    {value(name)} = tl.load({pointer(name)}) != 0")
+    reducing = stage == "reduce"
+    per_tensor = () if reducing else rule.tensor_coefficients
+    arguments += [pointer(name) for name in per_tensor]
+    if reducing:
+        arguments.append("partial")
     if found_inf:
         arguments.append("found_inf_pointer")
     arguments += ["ROWS: tl.constexpr", "BLOCK: tl.constexpr"]
@@ -192,27 +228,38 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         # rows past the last chunk read numel 0, so they are masked out entirely
         lines = ["mask = offsets < numel[:, None]"] if masked else []
         for slot, dtype in zip(slots, dtypes, strict=True):
-            load = f"tl.load({slot}_elements{mask})"
+            load = f"tl.load({elements(slot)}{mask})"
             if dtype == "tl.bfloat16":
                 load = f"widen_bfloat16({load})"
             elif dtype != compute:
                 load = f"{load}.to({compute})"
-            lines.append(f"{slot} = {load}")
-        if kinds["grad_scale"] != "none":
-            lines.append("grad = grad / grad_scale")
-        state_arguments = [name if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
+            lines.append(f"{value(slot)} = {load}")
+        if kinds[GRAD_SCALE] != "none":
+            lines.append(f"{value('grad')} = {value('grad')} / {value(GRAD_SCALE)}")
+        state_arguments = [value(name) if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
                            for name in rule.state_names]
-        results = ", ".join(("param", *(name if name in active else "_" for name in rule.state_names)))
-        call = ", ".join(("param", "grad", *state_arguments, *rule.coefficient_names))
+        results = ", ".join((value("param"), *(value(name) if name in active else "_" for name in rule.state_names)))
+        call = ", ".join((value("param"), value("grad"), *state_arguments, *map(value, rule.coefficient_names),
+                          *map(value, per_tensor)))
+        if reducing:
+            terms = [f"_ol_term_{index}" for index in range(len(rule.reductions))]
+            lines.append(f"{', '.join(terms)}, = reduce({call})")
+            for index, term in enumerate(terms):
+                summed = f"tl.where(mask, {term}, 0.0)" if masked else term  # lanes past a tensor's end add 0
+                # `tl.reduce` with our own `add`: `tl.sum` is a jitted library function, which Triton's
+                # interpreter fails to call once another kernel has run in the process
+                lines.append(f"tl.store(partial + chunks * {len(terms)} + {index}, tl.reduce({summed}, 1, add), "
+                             "mask=live)")
+            return lines
         lines.append(f"{results}{',' if len(rule.state_names) == 0 else ''} = update({call})")
         for slot, dtype in zip(slots, dtypes, strict=True):
             if slot != "grad":
                 if dtype == "tl.bfloat16":  # float64 → bfloat16 goes through float32, as `Tensor.to` does
-                    value = f"round_to_bfloat16({slot}.to(tl.float32))" if compute == "tl.float64" \
-                        else f"round_to_bfloat16({slot})"
+                    stored = f"round_to_bfloat16({value(slot)}.to(tl.float32))" if compute == "tl.float64" \
+                        else f"round_to_bfloat16({value(slot)})"
                 else:
-                    value = f"{slot}.to({dtype})"
-                lines.append(f"tl.store({slot}_elements, {value}{mask})")
+                    stored = f"{value(slot)}.to({dtype})"
+                lines.append(f"tl.store({elements(slot)}, {stored}{mask})")
         return lines
 
     # A program updates a ROWS × BLOCK tile: ROWS chunks (of one tensor or several), BLOCK elements each.
@@ -224,18 +271,20 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         "chunk = tl.load(blocks + total_blocks + chunks, mask=live, other=0)",
         "numel = tl.load(layout + tensor, mask=live, other=0)",
         "offsets = chunk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]",
+        *(f"{value(name)} = tl.load({pointer(name)} + tensor, mask=live, other=0).to({compute})[:, None]"
+          for name in per_tensor),
     ]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True)):
-        body.append(f"{slot}_pointer = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
+        body.append(f"{pointer(slot)} = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
                     f".to(tl.pointer_type({dtype}))")
         if aligned:  # every address is 16-byte aligned (checked on the host): allows vectorized access
-            body.append(f"{slot}_pointer = tl.multiple_of({slot}_pointer, [16])")
+            body.append(f"{pointer(slot)} = tl.multiple_of({pointer(slot)}, [16])")
     if aligned:
         body.append("offsets = tl.max_contiguous(tl.multiple_of(offsets, [1, BLOCK]), [1, BLOCK])")
         if numel_multiple > 1:  # every size is a multiple (checked on the host): tails vectorize too
             body.append(f"numel = tl.multiple_of(numel, [{numel_multiple}])")
     for slot in slots:
-        body.append(f"{slot}_elements = {slot}_pointer[:, None] + offsets")
+        body.append(f"{elements(slot)} = {pointer(slot)}[:, None] + offsets")
     # Tiles of full chunks take the unmasked path, which the compiler can vectorize best.
     body.append("if tl.load(blocks + 2 * total_blocks + tl.program_id(0)) != 0:  # every chunk of the tile full")
     body += ["    " + line for line in tile(masked=False)]
@@ -243,7 +292,7 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     body += ["    " + line for line in tile(masked=True)]
     if found_inf:
         body = ["if tl.load(found_inf_pointer) == 0:"] + ["    " + line for line in body]
-    return "\n".join([f"def {rule.name}_kernel({', '.join(arguments)}):", *prologue,
+    return "\n".join([f"def {rule.name}_{stage}_kernel({', '.join(arguments)}):", *prologue,
                       *("    " + line for line in body)]) + "\n"
 
 
@@ -358,7 +407,7 @@ class TritonBackend:
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None, found_inf: Any = None) -> None:
+             grad_scale: Any = None, found_inf: Any = None, all_reduce: Any = None) -> None:
         """Apply `rule.update` to every (param, grad, state) in place: one launch per dtype combination.
 
         `found_inf` (beyond the contract, optional): a tensor; where non-zero the kernel leaves params and
@@ -382,22 +431,59 @@ class TritonBackend:
         if [grad.numel() for grad in grads] != numels or {grad.dtype for grad in grads} != plan.grad_dtypes:
             raise ValueError("every gradient must have its param's size and dtype")
         device = params[0].device
-        named = {name: _coefficient(coefficients[name], device) for name in rule.coefficient_names}
-        named["grad_scale"] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
-        if named["grad_scale"][0] == "constexpr":
+        named = {name: _coefficient(coefficients[name], device, name in rule.flags)
+                 for name in rule.coefficient_names}
+        named[GRAD_SCALE] = _coefficient(grad_scale, device) if grad_scale is not None else ("none", None)
+        if named[GRAD_SCALE][0] == "constexpr":
             raise ValueError(f"grad_scale must be a number or a tensor, got {grad_scale!r}")
         kinds = {name: kind for name, (kind, _) in named.items()}
         arguments = [value for kind, value in named.values() if kind != "none"]
         if found_inf is not None:
             arguments.append(found_inf.to(device, non_blocking=True))
-        for group, addresses, aligned in plan.launches([grad.data_ptr() for grad in grads], device):
+        launches = plan.launches([grad.data_ptr() for grad in grads], device)
+        per_tensor = self._tensor_coefficients(triton, rule, active, kinds, launches, arguments, found_inf,
+                                               len(params), device, all_reduce) if rule.reductions else None
+        for index, (group, addresses, aligned) in enumerate(launches):
             kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
                                   group.numel_multiple)
             with _on(device):
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
                 kernel[(-(-group.total_blocks // group.rows),)](
-                    group.layout, addresses, group.n_tensors, group.total_blocks, *arguments, ROWS=group.rows,
-                    BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+                    group.layout, addresses, group.n_tensors, group.total_blocks, *_before_found_inf(
+                        arguments, found_inf, per_tensor[index] if per_tensor else []),
+                    ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+
+    def _tensor_coefficients(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
+                             launches: list[tuple[_Group, Any, bool]], arguments: list[Any], found_inf: Any,
+                             count: int, device: Any, all_reduce: Any) -> list[list[Any]]:
+        """Stage (a): the reduce kernel's per-chunk sums over each launch's layout, added up per tensor,
+        all-reduced where the front end asks (DTensor shards), `rule.finish`ed; per launch, one device
+        tensor per tensor coefficient (one value per tensor of the launch)."""
+        compute = torch.float64 if any(group.dtypes[0] == "tl.float64" for group, _, _ in launches) else torch.float32
+        sums = torch.zeros(count, len(rule.reductions), dtype=compute, device=device)
+        for group, addresses, aligned in launches:
+            kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
+                                  group.numel_multiple, "reduce")
+            partial = torch.zeros(max(group.total_blocks, 1), len(rule.reductions), dtype=compute, device=device)
+            with _on(device):
+                kernel[(-(-group.total_blocks // group.rows),)](
+                    group.layout, addresses, group.n_tensors, group.total_blocks,
+                    *_before_found_inf(arguments, found_inf, [partial]),
+                    ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+            tensor_of_chunk = group.layout[group.n_tensors:group.n_tensors + group.total_blocks]
+            group_sums = torch.zeros(group.n_tensors, len(rule.reductions), dtype=compute, device=device)
+            group_sums.index_add_(0, tensor_of_chunk, partial[:group.total_blocks])
+            if group.indices is None:
+                sums = group_sums.to(compute)
+            else:
+                sums[group.indices] = group_sums.to(compute)
+        if all_reduce is not None:
+            sums = all_reduce(sums)
+        finished = rule.finish(*sums.unbind(1))
+        columns = [torch.as_tensor(finished[name], dtype=compute, device=device).expand(count).contiguous()
+                   for name in rule.tensor_coefficients]
+        return [[column if group.indices is None else column[group.indices] for column in columns]
+                for group, _, _ in launches]
 
     def _plan(self, numels: list[int], fixed: list[list[int]], active: tuple[str, ...], params: Sequence[Any],
               grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
@@ -427,32 +513,36 @@ class TritonBackend:
         return plan
 
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
-                dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
+                dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1,
+                stage: str = "update") -> Any:
         interpret = interpreting()
-        key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple,
-               interpret)
+        key = (rule, active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple, interpret, stage)
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
-        update_key = (id(rule), interpret)
+        update_key = (rule, interpret, stage)
         if update_key not in self._updates:
-            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton))
-        source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
+            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton), stage)
+        source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple, stage)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        namespace = {"tl": triton.language, "update": self._updates[update_key],
-                     **_jit_all(triton, (widen_bfloat16, round_to_bfloat16))}
+        namespace = {"tl": triton.language, stage: self._updates[update_key],
+                     **_jit_all(triton, (widen_bfloat16, round_to_bfloat16)),
+                     "add": triton.jit(add)}  # jitted even when interpreting: `tl.reduce` reads its `.fn`
         exec(compile(source, filename, "exec"), namespace)  # our own generated source
         # Sizes vary with the group: keep them out of the specialization, so a new group does not recompile.
-        kernel = triton.jit(namespace[f"{rule.name}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
+        kernel = triton.jit(namespace[f"{rule.name}_{stage}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
         self._kernels[key] = kernel
         return kernel
 
 
 def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32", state_dtype: str | None = None,
-        step: Any = 2, aligned: bool = True, numel_multiple: int = 1, large: bool = True, arch: int = 90) -> str:
+        step: Any = 2, aligned: bool = True, numel_multiple: int = 1, large: bool = True, arch: int = 90,
+        stage: str = "update") -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
+
+    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel.
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
     vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`. `step` may be a 0-dim tensor,
@@ -465,24 +555,26 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     from triton.compiler import ASTSource
 
     active = tuple(rule.active_state(hyperparameters))
-    coefficients = rule.coefficients(step, **hyperparameters)
-    kinds = {name: _coefficient(coefficients[name])[0] for name in rule.coefficient_names}
-    kinds["grad_scale"] = "none"
+    scalars = rule.advance_scalar_state(step, rule.initial_scalar_state(hyperparameters), hyperparameters)
+    coefficients = rule.coefficients(step, **hyperparameters, **scalars)
+    kinds = {name: _coefficient(coefficients[name], flag=name in rule.flags)[0] for name in rule.coefficient_names}
+    kinds[GRAD_SCALE] = "none"
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     with _compiled():
-        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, False, aligned, numel_multiple)
+        kernel = TritonBackend()._kernel(triton, rule, active, kinds, dtypes, False, aligned, numel_multiple, stage)
     signature, constants = {}, {}
     for index, parameter in enumerate(kernel.params):
         name = parameter.name
         if parameter.is_constexpr:
             signature[name] = "constexpr"
-            constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name))
+            constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name.removeprefix("_ol_v_")))
         else:
-            pointer = "*i1" if kinds.get(name.removesuffix("_pointer")) == "bool_pointer" else "*fp32"
-            fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32"}
+            pointer = "*i1" if kinds.get(name.removeprefix("_ol_p_")) == "bool_pointer" else "*fp32"
+            fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32",
+                     "partial": "*fp64" if dtype == "float64" else "*fp32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
-            signature[name] = fixed.get(name, pointer if name.endswith("_pointer") else scalar)
+            signature[name] = fixed.get(name, pointer if name.startswith("_ol_p_") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
                        attrs={(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]})
     options = {"num_warps": warps, "enable_fp_fusion": True}
@@ -506,6 +598,13 @@ def _compiled() -> Any:
             os.environ["TRITON_INTERPRET"] = saved
 
 
+def _before_found_inf(arguments: list[Any], found_inf: Any, inserted: list[Any]) -> list[Any]:
+    """The launch arguments with `inserted` (per-tensor coefficients, the reduce kernel's `partial`) placed where
+    the kernel takes them: after the coefficients and grad_scale, before the optional `found_inf`."""
+    split = len(arguments) - (found_inf is not None)
+    return [*arguments[:split], *inserted, *arguments[split:]]
+
+
 def _next_power_of_2(number: int) -> int:
     """The smallest power of two ≥ `number` (1 for 0): Triton's block shapes are powers of two."""
     return 1 << max(0, number - 1).bit_length()
@@ -518,20 +617,21 @@ def _on(device: Any) -> Any:
     return torch.cuda.device(device)
 
 
-def _coefficient(value: Any, device: Any = None) -> tuple[str, Any]:
-    """How a coefficient is passed: a structural bool as constexpr, a number as float32, a tensor by pointer.
+def _coefficient(value: Any, device: Any = None, flag: bool = False) -> tuple[str, Any]:
+    """How a coefficient is passed: a declared flag (`Rule.flags`) given as a Python bool as constexpr, a
+    number as float32, a tensor by pointer (a flag computed from a tensor step, too).
 
     A tensor on another device than the params' (a CPU step count with CUDA params) cannot be read by the
     kernel; a CPU one is read here instead, which costs no GPU synchronization.
     """
-    if isinstance(value, bool):
+    if flag and isinstance(value, bool):
         return "constexpr", value
     if hasattr(value, "data_ptr"):
         if device is not None and value.device != device:
             if value.device.type != "cpu":
                 raise ValueError(f"a coefficient tensor is on {value.device}, the params on {device}")
             value = value.item()
-            return ("constexpr", value) if isinstance(value, bool) else ("value", float(value))
+            return ("constexpr", bool(value)) if flag else ("value", float(value))
         return ("bool_pointer" if str(value.dtype) == "torch.bool" else "pointer"), value
     return "value", float(value)
 

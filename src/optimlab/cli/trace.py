@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
+from ..rules.registry import REGISTRY, trace_labels
 from .app import app, error_console, fail, one_line_errors, print_table
 
 # Hyperparameter options: CLI name -> (rule hyperparameter, help). Each is passed only when given.
@@ -45,7 +46,7 @@ class Format(str, Enum):
   optimlab trace rmsprop --function "x**2/20 + y**2" --start -7,2 --lr 0.1 --format json""")
 @one_line_errors
 def trace(
-    optimizer: str = typer.Argument(..., help="sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw"),
+    optimizer: str = typer.Argument(..., help=f"{', '.join(list(REGISTRY)[:-1])} or {list(REGISTRY)[-1]}"),
     function: str = typer.Option("notes", "--function", "-f",
                                  help="'notes' for f(x) = (2x - 10)^2, a lab surface (ellipse, rosenbrock, beale, "
                                       "saddle, rastrigin) or a Python expression of x and y"),
@@ -158,9 +159,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-_HEADERS = {"g": "g_t", "m": "m_t", "v": "v_t", "m_hat": "m̂_t", "v_hat": "v̂_t", "alpha_t": "α_t",
-            "b": "b_t", "V": "V_t = ηb_t", "h": "h_t", "rate": "η/(√h+ε)", "s": "s_t", "g_avg": "ḡ_t",
-            "update": "Δx", "x": "x_t", "f": "f(x_t)"}
+_HEADERS = trace_labels()
 
 
 def _table(optimizer: str, formula: str, start: list[float], lr: float, hyperparameters: dict[str, Any],

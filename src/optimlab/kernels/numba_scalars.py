@@ -152,6 +152,20 @@ def _absolute(value):
     return None
 
 
+def element_of(value, like):
+    """`value` beside `like` in a selection (`maximum`, `where`): a scalar takes `like`'s float type, as a
+    0-dim or wrapped number does next to a tensor; anything else is returned as it is."""
+    return value
+
+
+@overload(element_of)
+def _element_of(value, like):
+    if isinstance(value, Scalar) and isinstance(like, types.Float):
+        cast = numpy_support.as_dtype(like).type
+        return lambda value, like: cast(_value(value))
+    return lambda value, like: value
+
+
 @overload(bool)
 def _truth(value):
     if isinstance(value, Scalar):

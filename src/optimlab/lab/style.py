@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._extras import requires_extra
+from ..rules.registry import REGISTRY
 
-LABELS: dict[str, str] = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
-                          "rmsprop": "RMSProp", "adam": "Adam", "adamw": "AdamW"}
-COLORS: dict[str, str] = {"sgd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#8c564b", "adagrad": "#2ca02c",
-                          "rmsprop": "#9467bd", "adam": "#d62728", "adamw": "#e377c2"}
+#: Display names and colours, from the optimizer registry (`optimlab.rules.registry`).
+LABELS: dict[str, str] = {name: entry.label for name, entry in REGISTRY.items()}
+COLORS: dict[str, str] = {name: entry.color for name, entry in REGISTRY.items()}
 #: The family the notes walk through, in their order.
 NOTES_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 

@@ -17,8 +17,9 @@ hyperparameters may be arrays). Every operation is elementwise, so config i of a
 what config i computes alone: `run` is a sweep of one, and the results agree bit for bit.
 
 Hyperparameters take the rule's names (`lr`, `momentum`, `betas`, `eps`, ...). In a sweep each may be a
-scalar or a 1-D sequence of length n_configs (for `betas`, each of the pair may be); booleans and the
-hyperparameters a rule branches on (`weight_decay`, RMSProp's `momentum`) must be the same for all configs.
+scalar or a 1-D sequence of length n_configs (for `betas`, each of the pair may be); booleans must be
+the same for all configs; flags derived from a value (`use_weight_decay`, RMSProp's `use_momentum`) hold for
+the whole sweep (see `optimlab.rules.base`).
 """
 
 from __future__ import annotations
@@ -174,9 +175,10 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
     with np.errstate(all="ignore"), _no_branching_on(rule, varied):
         state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
                  for name in rule.active_state(columns)}
+        state.update({name: rule.initial_state(name, columns) for name in rule.scalar_state})
         for t in range(1, steps + 1):
             grad = gradient(t, point)
-            point, state = rule.step(point, grad, state, t, columns)
+            point, state = rule.step(point, grad, state, t, columns, tensor_axes=(-1,))  # a config is a tensor
             path[t] = point
             if record_trace:
                 _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns)}, point.shape)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..rules import OPTIMIZERS, Rule, lookup
+from ..rules import REGISTRY, Entry, Rule, lookup
 
 
 class Optimizer:
@@ -41,17 +41,23 @@ class Optimizer:
             if state is None:
                 state = self.state[key] = self._initial_state(param)
             step = state["step"] + 1
-            tensors = {name: state[name] for name in self.rule.active_state(self.hyperparameters)}
-            new_param, new_state = self.rule.step(param, grad, tensors, step, self.hyperparameters)
+            names = (*self.rule.active_state(self.hyperparameters), *self.rule.scalar_state)
+            new_param, new_state = self.rule.step(param, grad, {name: state[name] for name in names}, step,
+                                                  self.hyperparameters)
             param[...] = new_param
             for name, value in new_state.items():
-                state[name][...] = value
+                if name in self.rule.scalar_state:  # per-array scalars (NAdam's mu_product): Python floats
+                    state[name] = value
+                else:
+                    state[name][...] = value
             state["step"] = step
 
     def _initial_state(self, param: np.ndarray) -> dict[str, Any]:
         state: dict[str, Any] = {"step": 0}
         for name in self.rule.active_state(self.hyperparameters):
             state[name] = np.full_like(param, self.rule.initial_state(name, self.hyperparameters))
+        for name in self.rule.scalar_state:
+            state[name] = float(self.rule.initial_state(name, self.hyperparameters))
         return state
 
     def __repr__(self) -> str:
@@ -81,53 +87,15 @@ def _pairs(params, grads):
     return items
 
 
-class SGD(Optimizer):
-    """θ ← θ − η g."""
-
-    optimizer_name = "sgd"
-
-
-class Momentum(Optimizer):
-    """Heavy ball: b ← γ b + g, θ ← θ − η b (γ = `momentum`, 0.9)."""
-
-    optimizer_name = "momentum"
+def _optimizer_class(entry: Entry) -> type[Optimizer]:
+    """The NumPy class of a registry entry: its name, its one-line docstring, its default learning rate."""
+    return type(entry.numpy_class, (Optimizer,), {"__doc__": entry.summary, "__module__": __name__,
+                                                  "optimizer_name": entry.name, "default_lr": entry.numpy_lr})
 
 
-class Nesterov(Optimizer):
-    """Nesterov momentum (PyTorch's form): θ ← θ − η (g + γ b)."""
-
-    optimizer_name = "nesterov"
-
-
-class AdaGrad(Optimizer):
-    """h ← h + g², θ ← θ − η g / (√(h + eps_root) + eps)."""
-
-    optimizer_name = "adagrad"
-
-
-class RMSprop(Optimizer):
-    """s ← ρ s + (1 − ρ) g², θ ← θ − η g / (√(s + eps_root) + eps) (ρ = `alpha`, 0.99)."""
-
-    optimizer_name = "rmsprop"
-
-
-class Adam(Optimizer):
-    """Adam with bias correction; `amsgrad`, L2 `weight_decay`, `maximize`, `eps_root` supported."""
-
-    optimizer_name = "adam"
-    default_lr = 0.001
-
-
-class AdamW(Optimizer):
-    """Adam with decoupled weight decay θ ← θ (1 − ηλ), λ = 0.01."""
-
-    optimizer_name = "adamw"
-    default_lr = 0.001
-
-
-_CLASSES: dict[str, type[Optimizer]] = {cls.optimizer_name: cls for cls in
-                                         (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW)}
-assert set(_CLASSES) == set(OPTIMIZERS)
+#: One class per registered optimizer (`optimlab.rules.registry`): `optimlab.numpy.Adam`, ...
+_CLASSES: dict[str, type[Optimizer]] = {name: _optimizer_class(entry) for name, entry in REGISTRY.items()}
+globals().update({cls.__name__: cls for cls in _CLASSES.values()})
 
 
 def create(name: str, **hyperparameters: Any) -> Optimizer:
@@ -136,4 +104,4 @@ def create(name: str, **hyperparameters: Any) -> Optimizer:
     return _CLASSES[name.lower()](**hyperparameters)
 
 
-__all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSprop", "create"]
+__all__ = ["Optimizer", "create", *(cls.__name__ for cls in _CLASSES.values())]

@@ -2,7 +2,8 @@
 
 `RULES` maps a rule's name to it; `OPTIMIZERS` maps every optimizer name the front ends accept to
 `(rule, hyperparameter overrides)`: Momentum and Nesterov are the momentum rule, AdamW is Adam with
-decoupled weight decay.
+decoupled weight decay. Both are read from `registry.REGISTRY`, one entry per optimizer with what every
+surface needs (labels, colours, trace headers, the NumPy and torch classes).
 
 Each rule's docstring cites its math as "SPEC §n": section §n of docs/math.md, the study notes' content
 restated in English with their errata.
@@ -12,21 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import adagrad, adam, momentum, rmsprop, sgd
 from .base import Rule
+from .registry import REGISTRY, Entry
 
-RULES: dict[str, Rule] = {rule.name: rule for rule in
-                          (sgd.RULE, momentum.RULE, adagrad.RULE, rmsprop.RULE, adam.RULE)}
+#: Every rule some registered optimizer runs, by the rule's name.
+RULES: dict[str, Rule] = {entry.rule.name: entry.rule for entry in REGISTRY.values()}
 
-OPTIMIZERS: dict[str, tuple[Rule, dict[str, Any]]] = {
-    "sgd": (sgd.RULE, {}),
-    "momentum": (momentum.RULE, {}),
-    "nesterov": (momentum.RULE, {"nesterov": True}),
-    "adagrad": (adagrad.RULE, {}),
-    "rmsprop": (rmsprop.RULE, {}),
-    "adam": (adam.RULE, {}),
-    "adamw": (adam.RULE, {"decoupled_weight_decay": True, "weight_decay": 1e-2}),
-}
+#: Every optimizer name → (rule, hyperparameter overrides), read from `registry.REGISTRY`.
+OPTIMIZERS: dict[str, tuple[Rule, dict[str, Any]]] = {name: (entry.rule, dict(entry.overrides))
+                                                     for name, entry in REGISTRY.items()}
 
 
 def lookup(name: str) -> tuple[Rule, dict[str, Any]]:
@@ -37,4 +32,4 @@ def lookup(name: str) -> tuple[Rule, dict[str, Any]]:
     return OPTIMIZERS[key]
 
 
-__all__ = ["OPTIMIZERS", "RULES", "Rule", "lookup"]
+__all__ = ["OPTIMIZERS", "REGISTRY", "RULES", "Entry", "Rule", "lookup"]

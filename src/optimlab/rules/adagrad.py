@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_bool, check_nonnegative
+from .base import Rule, any_nonzero, check_bool, check_nonnegative
 from .primitives import regularized_gradient, sqrt
 
 
-def update(param, grad, sum, clr, weight_decay, eps, eps_root, maximize):  # noqa: A002 (PyTorch's name)
+def update(param, grad, sum, clr, weight_decay, use_weight_decay, eps, eps_root, maximize):  # noqa: A002 (PyTorch's name)
     """h ← h + g²;  θ ← θ − η_t g / (√(h + eps_root) + eps)."""
-    grad = regularized_gradient(param, grad, weight_decay, maximize)
+    grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     sum = sum + grad * grad  # noqa: A001
     std = sqrt(sum + eps_root) + eps
     param = param - clr * (grad / std)
@@ -26,7 +26,8 @@ def update(param, grad, sum, clr, weight_decay, eps, eps_root, maximize):  # noq
 
 def coefficients(step, *, lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_root,
                  maximize) -> dict[str, Any]:
-    return {"clr": lr / (1 + (step - 1) * lr_decay), "weight_decay": weight_decay, "eps": eps,
+    return {"clr": lr / (1 + (step - 1) * lr_decay), "weight_decay": weight_decay,
+            "use_weight_decay": any_nonzero(weight_decay), "eps": eps,
             "eps_root": eps_root, "maximize": maximize}
 
 
@@ -54,4 +55,5 @@ RULE = Rule(
     validate=validate,
     trace=trace,
     initial_state=lambda name, hyper: hyper["initial_accumulator_value"],
+    flags=("use_weight_decay", "maximize"),
 )

@@ -17,20 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_betas, check_bool, check_nonnegative
+from .base import Rule, any_nonzero, check_betas, check_bool, check_nonnegative
 from .primitives import lerp, maximum, regularized_gradient, sqrt
 
 
 def update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, step_size,
-           bias_correction2, bias_correction2_sqrt, eps, eps_root, weight_decay, decoupled_weight_decay,
-           amsgrad, maximize):
+           bias_correction2, bias_correction2_sqrt, eps, eps_root, weight_decay, use_weight_decay,
+           decoupled_weight_decay, amsgrad, maximize):
     """m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;  θ ← θ − η m̂ / (√(v̂ + eps_root) + eps)."""
     if decoupled_weight_decay:
         if maximize:
             grad = -grad
         param = param * (1 - lr * weight_decay)
     else:
-        grad = regularized_gradient(param, grad, weight_decay, maximize)
+        grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     exp_avg = lerp(exp_avg, grad, 1 - beta1)
     exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
     if amsgrad:
@@ -51,7 +51,8 @@ def coefficients(step, *, lr, betas, eps, eps_root, weight_decay, amsgrad, maxim
     return {"lr": lr, "beta1": beta1, "beta2": beta2, "step_size": lr / bias_correction1,
             "bias_correction2": bias_correction2, "bias_correction2_sqrt": bias_correction2 ** 0.5,
             "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay,
-            "decoupled_weight_decay": decoupled_weight_decay, "amsgrad": amsgrad, "maximize": maximize}
+            "use_weight_decay": any_nonzero(weight_decay), "decoupled_weight_decay": decoupled_weight_decay,
+            "amsgrad": amsgrad, "maximize": maximize}
 
 
 def active_state(hyper) -> tuple[str, ...]:
@@ -68,12 +69,12 @@ def validate(hyper) -> None:
 
 def trace(step, grad, state, hyperparameters) -> dict[str, Any]:
     """m_t, v_t, the bias-corrected m̂_t and v̂_t, and the efficient form's α_t = η √(1 − β2^t) / (1 − β1^t)."""
-    beta1, beta2 = hyperparameters["betas"]
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
+    coefficients_ = coefficients(step, **hyperparameters)
+    bias_correction1 = 1 - coefficients_["beta1"] ** step
     return {"m": state["exp_avg"], "v": state["exp_avg_sq"],
-            "m_hat": state["exp_avg"] / bias_correction1, "v_hat": state["exp_avg_sq"] / bias_correction2,
-            "alpha_t": hyperparameters["lr"] * bias_correction2 ** 0.5 / bias_correction1}
+            "m_hat": state["exp_avg"] / bias_correction1,
+            "v_hat": state["exp_avg_sq"] / coefficients_["bias_correction2"],
+            "alpha_t": coefficients_["step_size"] * coefficients_["bias_correction2_sqrt"]}
 
 
 RULE = Rule(
@@ -86,4 +87,5 @@ RULE = Rule(
     active_state=active_state,
     validate=validate,
     trace=trace,
+    flags=("use_weight_decay", "decoupled_weight_decay", "amsgrad", "maximize"),
 )

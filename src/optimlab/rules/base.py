@@ -1,4 +1,28 @@
-"""What a rule is: one pure elementwise update function plus the facts backends need to run it."""
+"""What a rule is: one pure elementwise update function plus the facts backends need to run it.
+
+The contract is explicit and checked when a `Rule` is constructed (`Rule.__post_init__`), so a rule that
+breaks it fails at import with the reason, not later inside a kernel:
+
+* `update(param, grad, *state_names, *coefficient_names, *tensor_coefficients)` returns `(param, *state)`
+  in the same order;
+* `coefficients(step, **hyperparameters)` returns exactly the coefficient names as keys;
+* `flags` names the *structural* coefficients: Python bools the update branches on (`amsgrad`, `maximize`,
+  RMSprop's derived `use_momentum`). Compiled backends make them compile-time constants; every other
+  coefficient is a runtime scalar and must not be a bool. A flag derived from a continuous hyperparameter
+  is computed in `coefficients` from it (`any_nonzero(momentum)`), so a lab sweep over the value runs one
+  branch for every config instead of tripping over an array in an `if`;
+* per-tensor reductions (stage (a): LAMB's ‖θ‖ and ‖u‖) are `reductions`, the names of per-tensor sums:
+  `reduce(param, grad, *state, *coefficients)` returns one elementwise term per name, each summed over the
+  tensor; `finish(*sums)` turns the sums into the per-tensor coefficients named in `tensor_coefficients`,
+  which `update` takes after the per-step ones. Backends sum over the same elements they update (a DTensor
+  shard sums its part, and the front end all-reduces the partial sums over the shard group before `finish`);
+* per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
+  `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
+  per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
+* the functions `update` calls are natives (`primitives.NATIVE`), formulas (`primitives.FORMULAS`) or the
+  rule's own plain-arithmetic helpers, found from its code (`Rule.helpers`) and compiled with it;
+* no name a rule uses starts with `_ol_`: generated kernel code keeps its own names under that prefix.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +38,7 @@ from typing import Any
 from . import primitives
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rule:
     """An optimizer's math, written once.
 
@@ -28,6 +52,10 @@ class Rule:
     AMSGrad); the others are passed as `None` (a dummy scalar in compiled kernels) and never read.
     `initial_state(name, hyperparameters)` is the value a state tensor starts at (0, or Adagrad's
     `initial_accumulator_value`). `trace(...)` returns the intermediate quantities the notes compute by hand.
+    `flags` names the structural coefficients (see the module docstring).
+
+    Rules compare and hash by identity: a kernel cache keyed by the rule keeps it alive, so a key can never
+    be taken over by another rule the way an `id()` can.
     """
 
     name: str
@@ -39,12 +67,36 @@ class Rule:
     validate: Callable[[Mapping[str, Any]], None]
     trace: Callable[..., dict[str, Any]]
     initial_state: Callable[[str, Mapping[str, Any]], float] = lambda name, hyperparameters: 0.0
+    flags: tuple[str, ...] = ()
+    scalar_state: tuple[str, ...] = ()
+    scalar_update: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    reductions: tuple[str, ...] = ()
+    reduce: Callable[..., tuple] | None = None
+    finish: Callable[..., dict[str, Any]] | None = None
+    tensor_coefficients: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_contract(self)
 
     @functools.cached_property
     def coefficient_names(self) -> tuple[str, ...]:
         """The per-step scalar arguments of `update`, in order (read once from its signature)."""
         parameters = list(inspect.signature(self.update).parameters)
-        return tuple(parameters[2 + len(self.state_names):])
+        return tuple(parameters[2 + len(self.state_names):len(parameters) - len(self.tensor_coefficients)])
+
+    @functools.cached_property
+    def helpers(self) -> dict[str, Callable]:
+        """The rule's own functions `update` (and `reduce`, `finish`) call, directly or through each other.
+
+        Read from the code: every global name of `update` (and, recursively, of each helper) bound to a
+        Python function that is not a native or a formula of `primitives` — `regularized_gradient`, or a
+        `sign`-like helper defined next to a rule outside the package. Backends compile them with the rule.
+        """
+        found: dict[str, Callable] = {}
+        for function in (self.update, self.reduce, self.finish):
+            if function is not None:
+                _collect_helpers(function, found)
+        return found
 
     def defaults(self, **overrides: Any) -> dict[str, Any]:
         """The hyperparameters with PyTorch's defaults, `overrides` applied, validated."""
@@ -56,22 +108,46 @@ class Rule:
         self.validate(merged)
         return merged
 
-    def step(self, param: Any, grad: Any, state: Mapping[str, Any], step: int,
-             hyperparameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def step(self, param: Any, grad: Any, state: Mapping[str, Any], step: int, hyperparameters: Mapping[str, Any],
+             tensor_axes: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
         """One update evaluated directly (NumPy arrays, tensors, floats): `(new_param, new_state)`.
 
-        `state` maps the active state names to values; `step` counts from 1.
+        `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
+        Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
+        tensors, one per configuration).
         """
-        coefficients = self.coefficients(step, **hyperparameters)
+        scalars = self.advance_scalar_state(step, state, hyperparameters)
+        coefficients = self.coefficients(step, **hyperparameters, **scalars)
         active = self.active_state(hyperparameters)
         arguments = [state[name] if name in active else None for name in self.state_names]
-        new_param, *new_state = self.update(param, grad, *arguments,
-                                            *(coefficients[name] for name in self.coefficient_names))
+        per_step = [coefficients[name] for name in self.coefficient_names]
+        per_tensor = []
+        if self.reductions:
+            sums = [_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
+            finished = self.finish(*sums)
+            per_tensor = [finished[name] for name in self.tensor_coefficients]
+        new_param, *new_state = self.update(param, grad, *arguments, *per_step, *per_tensor)
         updated = zip(self.state_names, new_state, strict=True)
-        return new_param, {name: value for name, value in updated if name in active}
+        return new_param, {**{name: value for name, value in updated if name in active}, **scalars}
 
-    def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f) -> Any:
-        """`update` re-bound to a backend's natives and wrapped (e.g. by `numba.njit` or `triton.jit`).
+    def initial_scalar_state(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-param scalar state before the first step (NAdam's Π_0 = 1), as Python floats."""
+        return {name: float(self.initial_state(name, hyperparameters)) for name in self.scalar_state}
+
+    def advance_scalar_state(self, step: Any, state: Mapping[str, Any],
+                             hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-param scalar state after step `step` (`{}` for rules without any), from `state`'s values.
+
+        Plain arithmetic on whatever the values are: Python floats (NumPy), arrays (a lab sweep), or torch's
+        0-dim float32 tensors, so each front end rounds them as its reference does.
+        """
+        if not self.scalar_state:
+            return {}
+        return self.scalar_update(step, {name: state[name] for name in self.scalar_state}, hyperparameters)
+
+    def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f,
+                   function: str = "update") -> Any:
+        """`update` (or `reduce`) re-bound to a backend's natives and wrapped (e.g. by `numba.njit`, `triton.jit`).
 
         The function object is rebuilt from the rule's own code object with new globals, so a kernel runs
         the very bytecode (Numba) or source (Triton) of the rule: there is no second copy of the math.
@@ -80,9 +156,136 @@ class Rule:
         if missing:
             raise ValueError(f"backend must provide natives {sorted(missing)}")
         namespace: dict[str, Any] = dict(native)
-        for name, helper in primitives.HELPERS.items():
-            namespace[name] = wrap(rebind(helper, namespace))
-        return wrap(rebind(self.update, namespace))
+        for name, formula in primitives.FORMULAS.items():
+            if name not in namespace:  # a backend may bring its own (bit-compatible) version instead
+                namespace[name] = wrap(rebind(formula, namespace))
+        compiled: dict[Callable, Any] = {}
+
+        def compile_function(function: Callable) -> Any:
+            """`function` rebound to the natives and to its own helpers, each compiled once, callees first."""
+            if function not in compiled:
+                own = {name: compile_function(helper) for name, helper in _direct_helpers(function).items()}
+                compiled[function] = wrap(rebind(function, {**namespace, **own}))
+            return compiled[function]
+
+        return compile_function(getattr(self, function))
+
+
+def _global_names(code: Any) -> set[str]:
+    """The global names `code` may load, nested code objects (comprehensions, inner functions) included."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+def _direct_helpers(function: Callable) -> dict[str, Callable]:
+    """The Python functions `function` reaches through its globals, other than natives and formulas."""
+    reserved = set(primitives.NATIVE) | set(primitives.FORMULAS)
+    helpers = {}
+    for name in _global_names(function.__code__) - reserved:
+        value = function.__globals__.get(name)
+        if isinstance(value, types.FunctionType):
+            helpers[name] = value
+    return helpers
+
+
+def _collect_helpers(function: Callable, found: dict[str, Callable]) -> None:
+    for name, helper in _direct_helpers(function).items():
+        if found.get(name) is not helper:
+            found[name] = helper
+            _collect_helpers(helper, found)
+
+
+#: The prefix of the names generated kernel code uses for itself; refused in a rule's names.
+RESERVED_PREFIX = "_ol_"
+
+
+def check_contract(rule: Rule) -> None:
+    """`ValueError` naming the rule and the broken part of the contract (see the module docstring)."""
+    def fail(reason: str) -> None:
+        raise ValueError(f"rule {rule.name!r}: {reason}")
+
+    if not (isinstance(rule.name, str) and rule.name.isidentifier()):
+        fail("its name must be a Python identifier (generated kernels and modules are named after it)")
+    parameters = list(inspect.signature(rule.update).parameters.values())
+    if any(parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+           or parameter.default is not parameter.empty for parameter in parameters):
+        fail("update takes positional parameters without defaults only")
+    names = [parameter.name for parameter in parameters]
+    if names[:2] != ["param", "grad"]:
+        fail(f"update's first parameters must be (param, grad), got {tuple(names[:2])}")
+    if tuple(names[2:2 + len(rule.state_names)]) != tuple(rule.state_names):
+        fail(f"update's parameters after (param, grad) must be the state {tuple(rule.state_names)}, "
+             f"got {tuple(names[2:2 + len(rule.state_names)])}")
+    coefficient_names = names[2 + len(rule.state_names):]
+    used = [*names, rule.name, *rule.flags]
+    reserved = sorted(name for name in used if name.startswith(RESERVED_PREFIX))
+    if reserved:
+        fail(f"names {reserved} start with {RESERVED_PREFIX!r}, which generated kernel code keeps for itself")
+    unknown_flags = sorted(set(rule.flags) - set(coefficient_names))
+    if unknown_flags:
+        fail(f"flags {unknown_flags} are not coefficients of update {tuple(coefficient_names)}")
+    try:
+        rule.validate(dict(rule.hyperparameters))
+    except (TypeError, ValueError) as error:
+        fail(f"its default hyperparameters are invalid: {error}")
+    if bool(rule.scalar_state) != (rule.scalar_update is not None):
+        fail("scalar_state and scalar_update come together (per-param scalar state and how a step advances it)")
+    clashes = sorted(set(rule.scalar_state) & {*rule.state_names, *rule.hyperparameters, "step"})
+    if clashes:
+        fail(f"scalar state {clashes} shares a name with the state, a hyperparameter or `step`")
+    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(rule.hyperparameters), rule.hyperparameters)
+    if bool(rule.reductions) != (rule.reduce is not None) or bool(rule.reductions) != (rule.finish is not None):
+        fail("reductions, reduce and finish come together (the sums, their elementwise terms, the finish)")
+    if rule.reductions:
+        reduce_names = list(inspect.signature(rule.reduce).parameters)
+        if reduce_names != names[:len(names) - len(rule.tensor_coefficients)]:
+            fail(f"reduce takes update's parameters before the per-tensor coefficients "
+                 f"{tuple(names[:len(names) - len(rule.tensor_coefficients)])}, got {tuple(reduce_names)}")
+        if list(inspect.signature(rule.finish).parameters) != list(rule.reductions):
+            fail(f"finish takes the sums {rule.reductions}")
+        finished = rule.finish(*(1.0 for _ in rule.reductions))
+        if set(finished) != set(rule.tensor_coefficients):
+            fail(f"finish returns {sorted(finished)}, the tensor coefficients are {sorted(rule.tensor_coefficients)}")
+    if tuple(names[len(names) - len(rule.tensor_coefficients):]) != tuple(rule.tensor_coefficients):
+        fail(f"update's last parameters must be the per-tensor coefficients {rule.tensor_coefficients}")
+    coefficient_names = coefficient_names[:len(coefficient_names) - len(rule.tensor_coefficients)]
+    if set(scalars) != set(rule.scalar_state):
+        fail(f"scalar_update returns {sorted(scalars)}, the scalar state is {sorted(rule.scalar_state)}")
+    coefficients = rule.coefficients(1, **rule.hyperparameters, **scalars)
+    if set(coefficients) != set(coefficient_names):
+        fail(f"coefficients returns {sorted(coefficients)}, update takes {sorted(coefficient_names)}")
+    for name in coefficient_names:
+        is_bool = isinstance(coefficients[name], bool)
+        if name in rule.flags and not is_bool:
+            fail(f"flag {name!r} must be a Python bool, coefficients gives {coefficients[name]!r}")
+        if is_bool and name not in rule.flags:
+            fail(f"coefficient {name!r} is a bool: declare it in flags (a structural branch) or pass a number")
+    active = tuple(rule.active_state(rule.hyperparameters))
+    if not set(active) <= set(rule.state_names):
+        fail(f"active_state names {sorted(set(active) - set(rule.state_names))}, not in {rule.state_names}")
+
+
+def _sum(term: Any, axes: tuple[int, ...] | None) -> Any:
+    """`term` summed over `axes` (keeping them, to broadcast back) or over all of it; a float is its own sum."""
+    if isinstance(term, numbers.Real):
+        return term
+    if axes is None:
+        return term.sum()
+    return term.sum(axis=axes, keepdims=True)
+
+
+def any_nonzero(value: Any) -> bool:
+    """Whether a hyperparameter is non-zero anywhere: a float, or a lab sweep's array of them.
+
+    For derived flags (RMSprop's `use_momentum`): a branch that is exact for the zero values too, taken for a
+    whole sweep when any of its configs needs it.
+    """
+    if isinstance(value, numbers.Real):
+        return value != 0
+    return bool((value != 0).any())
 
 
 def rebind(function: Callable, namespace: Mapping[str, Any]) -> Callable:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_bool, check_closed_unit_interval, check_nonnegative
+from .base import Rule, any_nonzero, check_bool, check_closed_unit_interval, check_nonnegative
 from .primitives import regularized_gradient
 
 
-def update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize,
+def update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, use_weight_decay, nesterov, maximize,
            first_step):
     """b ← γ b + (1 − dampening) g (b ← g on the first step); θ ← θ − η b, or θ − η (g + γ b) for Nesterov."""
-    grad = regularized_gradient(param, grad, weight_decay, maximize)
+    grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     if first_step:
         momentum_buffer = grad
     else:
@@ -34,7 +34,8 @@ def update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, 
 
 def coefficients(step, *, lr, momentum, dampening, weight_decay, nesterov, maximize) -> dict[str, Any]:
     return {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-            "nesterov": nesterov, "maximize": maximize, "first_step": step == 1}
+            "use_weight_decay": any_nonzero(weight_decay), "nesterov": nesterov, "maximize": maximize,
+            "first_step": step == 1}
 
 
 def validate(hyper) -> None:
@@ -65,4 +66,5 @@ RULE = Rule(
     active_state=lambda hyper: ("momentum_buffer",),
     validate=validate,
     trace=trace,
+    flags=("use_weight_decay", "nesterov", "maximize", "first_step"),
 )

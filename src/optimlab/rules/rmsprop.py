@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_bool, check_nonnegative, check_unit_interval
+from .base import Rule, any_nonzero, check_bool, check_nonnegative, check_unit_interval
 from .primitives import lerp, regularized_gradient, sqrt
 
 
 def update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, eps_root, weight_decay,
-           momentum, centered, maximize):
+           use_weight_decay, momentum, centered, use_momentum, maximize):
     """s ← ρ s + (1 − ρ) g²;  θ ← θ − η g / (√(s [− ḡ²] + eps_root) + eps)  (through b with momentum)."""
-    grad = regularized_gradient(param, grad, weight_decay, maximize)
+    grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     square_avg = square_avg * alpha + (1 - alpha) * grad * grad
     if centered:
         grad_avg = lerp(grad_avg, grad, 1 - alpha)
         avg = sqrt(square_avg - grad_avg * grad_avg + eps_root) + eps
     else:
         avg = sqrt(square_avg + eps_root) + eps
-    if momentum > 0:
+    if use_momentum:
         momentum_buffer = momentum_buffer * momentum + grad / avg
         param = param - lr * momentum_buffer
     else:
@@ -36,13 +36,17 @@ def update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, e
 
 def coefficients(step, *, lr, alpha, eps, eps_root, weight_decay, momentum, centered,
                  maximize) -> dict[str, Any]:
+    """The update's scalars; `use_weight_decay` and `use_momentum` are derived (see `active_state`)."""
     return {"lr": lr, "alpha": alpha, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay,
-            "momentum": momentum, "centered": centered, "maximize": maximize}
+            "use_weight_decay": any_nonzero(weight_decay),
+            "momentum": momentum, "centered": centered, "use_momentum": any_nonzero(momentum), "maximize": maximize}
 
 
 def active_state(hyper) -> tuple[str, ...]:
+    """`momentum_buffer` with momentum, as PyTorch: a flag derived from the value, so that a lab sweep over
+    momentum (0 included) takes the buffer path for every config — exact for momentum 0 too, b = g / avg."""
     return ("square_avg",) + (("grad_avg",) if hyper["centered"] else ()) \
-        + (("momentum_buffer",) if hyper["momentum"] > 0 else ())
+        + (("momentum_buffer",) if any_nonzero(hyper["momentum"]) else ())
 
 
 def validate(hyper) -> None:
@@ -71,4 +75,5 @@ RULE = Rule(
     active_state=active_state,
     validate=validate,
     trace=trace,
+    flags=("use_weight_decay", "centered", "use_momentum", "maximize"),
 )

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Rule, check_bool, check_nonnegative
+from .base import Rule, any_nonzero, check_bool, check_nonnegative
 from .primitives import regularized_gradient
 
 
-def update(param, grad, lr, weight_decay, maximize):
+def update(param, grad, lr, weight_decay, use_weight_decay, maximize):
     """θ ← θ − η (g + λθ)."""
-    grad = regularized_gradient(param, grad, weight_decay, maximize)
+    grad = regularized_gradient(param, grad, weight_decay, use_weight_decay, maximize)
     param = param - lr * grad
     return (param,)
 
 
 def coefficients(step, *, lr, weight_decay, maximize) -> dict[str, Any]:
-    return {"lr": lr, "weight_decay": weight_decay, "maximize": maximize}
+    return {"lr": lr, "weight_decay": weight_decay, "use_weight_decay": any_nonzero(weight_decay), "maximize": maximize}
 
 
 def validate(hyper) -> None:
@@ -45,4 +45,5 @@ RULE = Rule(
     active_state=lambda hyper: (),
     validate=validate,
     trace=trace,
+    flags=("use_weight_decay", "maximize"),
 )

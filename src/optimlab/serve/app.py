@@ -41,7 +41,7 @@ from ..lab.defaults import steps_for, surface_defaults
 from ..lab.paths import check_start
 from ..lab.style import color, label
 from ..lab.surfaces import SURFACES, Surface
-from ..rules import OPTIMIZERS
+from ..rules import OPTIMIZERS, REGISTRY
 from ..tracing import divergence
 from .guards import BodyLimit, HostCheck, RunLimit
 from .models import (
@@ -243,8 +243,10 @@ def optimizer_info(name: str) -> OptimizerInfo:
         hyperparameters.append(HyperparameterInfo(
             name=key, kind=kind, default=list(default) if isinstance(default, tuple) else default,
             description=control.description, low=control.low, high=control.high, scale=control.scale))
+    entry = REGISTRY[name]
     return OptimizerInfo(name=name, title=label(name), color=color(name), rule=rule.name,
-                         hyperparameters=hyperparameters)
+                         hyperparameters=hyperparameters, trace_labels=entry.all_trace_labels(),
+                         trace_scalars=list(entry.trace_scalars))
 
 
 @dataclass(frozen=True)

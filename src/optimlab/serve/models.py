@@ -223,3 +223,7 @@ class OptimizerInfo(BaseModel):
     color: str = Field(description="its colour in the lab's figures", examples=["#d62728"])
     rule: str = Field(description="the rule it evaluates (Nesterov is the momentum rule, AdamW Adam's)")
     hyperparameters: list[HyperparameterInfo]
+    trace_labels: dict[str, str] = Field(description="the header of each trace quantity, as `optimlab trace`",
+                                         examples=[{"g": "g_t", "m": "m_t", "update": "Δx"}])
+    trace_scalars: list[str] = Field(description="trace quantities that are one per-step scalar (shown once)",
+                                     examples=[["alpha_t"]])

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._extras import requires_extra
-from ..rules import RULES, Rule, lookup
+from ..rules import REGISTRY, RULES, Rule, lookup
 
 with requires_extra("optimlab.torch"):
     import torch
@@ -179,25 +179,80 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
-_CLASSES: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
-    "sgd": (SGD, {}),
-    "momentum": (Momentum, {}),
-    "nesterov": (Momentum, {"nesterov": True}),
-    "adagrad": (Adagrad, {}),
-    "rmsprop": (RMSprop, {}),
-    "adam": (Adam, {}),
-    "adamw": (AdamW, {}),
-}
+class NAdam(_RuleOptimizer):
+    """`torch.optim.NAdam`: Adam with Nesterov momentum on the schedule μ_t = β1 (1 − ½ 0.96^(t ψ)).
+
+    Per param it keeps `step` and `mu_product` (Π_t = Π_{t−1} μ_t) as float32 0-dim tensors, as PyTorch
+    does, so checkpoints interchange both ways. `decoupled_weight_decay=True` is NAdamW.
+    """
+
+    torch_name = "NAdam"
+    rule = RULES["nadam"]
+    setstate_defaults = {"maximize": False, "foreach": None, "capturable": False, "differentiable": False,
+                         "decoupled_weight_decay": False}
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
+                    "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable, **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
+class LAMB(_RuleOptimizer):
+    """LAMB (You et al. 2020) as optax formulates it: u = m̂ / (√v̂ + ε) + λθ, θ ← θ − η (‖θ‖ / ‖u‖) u per tensor.
+
+    The trust ratio is 1 where either norm is 0. State as Adam's (`step`, `exp_avg`, `exp_avg_sq`). On FSDP2
+    shards the two norms' partial sums are all-reduced over the shard group, so every shard takes the ratio
+    of the whole tensor.
+    """
+
+    torch_name = "LAMB"
+    rule = RULES["lamb"]
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, *, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "differentiable": False,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
+class Lion(_RuleOptimizer):
+    """Lion (Chen et al. 2023): θ ← θ (1 − ηλ) − η sign(β1 m + (1 − β1) g), m ← β2 m + (1 − β2) g.
+
+    The `lion-pytorch` package's `Lion` step for step, with its state (`exp_avg`, no step counter), so
+    their state dicts load into each other.
+    """
+
+    torch_name = "Lion"
+    rule = RULES["lion"]
+    counts_steps = False
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-4,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.99), weight_decay: float = 0.0,
+                 *, backend: str = "auto", state_dtype: torch.dtype | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        # `differentiable` is read by torch.optim's step decorator; lion-pytorch's groups lack it (loads fill it)
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "differentiable": False,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
 
 
 def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
     """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
 
-    Names are those of `optimlab.rules.OPTIMIZERS` (case-insensitive); `ValueError` for an unknown one.
+    Names are those of `optimlab.rules.REGISTRY` (case-insensitive), each entry naming its class here;
+    `ValueError` for an unknown one.
     """
     lookup(name)
-    cls, overrides = _CLASSES[name.lower()]
-    return cls(params, **{**overrides, **hyperparameters})
+    entry = REGISTRY[name.lower()]
+    cls = globals()[entry.torch_class]
+    return cls(params, **{**entry.torch_overrides, **hyperparameters})
 
 
 def backends() -> list[str]:
@@ -205,4 +260,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Momentum", "Optimizer", "RMSprop", "backends", "create"]
+__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "NAdam", "Optimizer", "RMSprop", "backends",
+           "create"]

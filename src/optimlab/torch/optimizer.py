@@ -24,7 +24,6 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
 from ..backends import BACKENDS, Backend, resolve
-from ..backends import eager as _eager  # noqa: F401 (registers "eager", the fallback of backend="auto")
 from ..rules import Rule
 from ._counters import StepCounters
 
@@ -245,6 +244,10 @@ class Optimizer(torch.optim.Optimizer):
             # the counts the counters take once the update succeeded: a step that raises advances none
             counts = plan.counters.next_counts()
             steps = counts[0] if counts.count(counts[0]) == len(counts) else counts
+        # per-param scalar state (NAdam's mu_product) advances in `_coefficients`: its values, to put back if the
+        # step fails
+        scalar_state = [(tensor, tensor.clone()) for param in params
+                        for tensor in map(self.state[param].__getitem__, rule.scalar_state)]
         try:
             backend_params, backend_grads, tensors = params, grads, plan.tensors
             if plan.special:
@@ -262,22 +265,24 @@ class Optimizer(torch.optim.Optimizer):
                     buckets[step].append(i)
             else:
                 buckets = {steps: list(range(len(params)))}
-            for step, indices in buckets.items():
-                coefficients = rule.coefficients(step, **hyperparameters)
+            for coefficients, indices in self._coefficients(rule, hyperparameters, params, buckets):
                 if len(indices) == len(params) and not has_sparse:
                     backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
-                                 grad_scale)
+                                 grad_scale, **_shard_sums(rule, params, plan.special))
                     continue
                 dense = [i for i in indices if not backend_grads[i].is_sparse]
                 if dense:
                     backend.step(rule, hyperparameters, coefficients, [backend_params[i] for i in dense],
-                                 [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale)
+                                 [backend_grads[i] for i in dense], [tensors[i] for i in dense], grad_scale,
+                                 **_shard_sums(rule, [params[i] for i in dense], plan.special))
                 for i in indices:
                     if backend_grads[i].is_sparse:
                         self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
                                             backend_grads[i], tensors[i], grad_scale)
         except BaseException:
             # a failed step changes nothing: the state it created goes, the counters have not advanced
+            for tensor, value in scalar_state:
+                tensor.copy_(value)
             for param, names in zip(params, created, strict=False):  # (none created by a plan in use)
                 for name in names:
                     del self.state[param][name]
@@ -285,6 +290,28 @@ class Optimizer(torch.optim.Optimizer):
         if plan.counters is not None:
             plan.counters.advance()
         return not valid
+
+    def _coefficients(self, rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
+                      buckets: Mapping[float, list[int]]) -> list[tuple[dict[str, Any], list[int]]]:
+        """The per-step coefficients of each bucket of params, advancing per-param scalar state first.
+
+        For rules with scalar state (NAdam's `mu_product`) each param's 0-dim tensors are advanced in place,
+        in their own float32 arithmetic as `torch.optim` does, and params are bucketed again by the values
+        (all equal unless params joined at different steps); `coefficients` gets them as Python floats, the
+        `_get_value(mu_product)` of `torch.optim`.
+        """
+        if not rule.scalar_state:
+            return [(rule.coefficients(step, **hyperparameters), indices) for step, indices in buckets.items()]
+        by_values: dict[tuple[float, ...], list[int]] = defaultdict(list)
+        for step, indices in buckets.items():
+            for i in indices:
+                state = self.state[params[i]]
+                advanced = rule.advance_scalar_state(step, state, hyperparameters)
+                for name in rule.scalar_state:
+                    state[name].copy_(advanced[name])
+                by_values[(step, *(state[name].item() for name in rule.scalar_state))].append(i)
+        return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True))),
+                 indices) for (step, *values), indices in by_values.items()]
 
     def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
                     params: list[torch.Tensor], active: tuple[str, ...],
@@ -332,6 +359,10 @@ class Optimizer(torch.optim.Optimizer):
         if self.counts_steps and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
             created.append("step")
+        for name in rule.scalar_state:  # kept like `step`: a 0-dim float32 CPU tensor, as torch.optim.NAdam
+            if name not in state:
+                state[name] = torch.tensor(float(rule.initial_state(name, hyperparameters)), dtype=_get_scalar_dtype())
+                created.append(name)
         for name in rule.active_state(hyperparameters):
             if state.get(name) is None:
                 state[name] = self._new_state(param, group, rule.initial_state(name, hyperparameters))
@@ -367,15 +398,17 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in {**self.defaults, **self.setstate_defaults}.items():
                 group.setdefault(key, value)
+            scalars = ("step", *self.rule_for(group)[0].scalar_state)
             for param in group["params"]:
                 param_state = self.state.get(param)
                 if not param_state:
                     continue
-                if "step" in param_state and not torch.is_tensor(param_state["step"]):
-                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
+                for key in scalars:
+                    if key in param_state and not torch.is_tensor(param_state[key]):
+                        param_state[key] = torch.tensor(float(param_state[key]), dtype=_get_scalar_dtype())
                 if group["state_dtype"] is not None and not param.is_complex():
                     for key, value in param_state.items():
-                        if key != "step" and torch.is_tensor(value):
+                        if key not in scalars and torch.is_tensor(value):
                             param_state[key] = value.to(group["state_dtype"])
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -418,22 +451,25 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
             rule, hyperparameters = self.rule_for(merged)
             for saved_id, param in zip(saved["params"], group["params"], strict=True):
-                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.state_names)
+                params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.state_names,
+                                          rule.scalar_state)
         for saved_id, param_state in saved_state.items():
             if saved_id not in params_by_id:
                 raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
-            index, param, active, state_names = params_by_id[saved_id]
+            index, param, active, state_names, scalars = params_by_id[saved_id]
             where = f"state of param {saved_id!r} (group {index})"
             if not isinstance(param_state, Mapping):
                 raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
             if param_state:
-                required = (("step",) if self.counts_steps else ()) + tuple(active)
+                required = (("step",) if self.counts_steps else ()) + tuple(active) + tuple(scalars)
                 missing = [key for key in required if param_state.get(key) is None]
                 if missing:
                     raise ValueError(f"Invalid state_dict: {where} lacks {missing}")
             for key, value in param_state.items():
                 # other keys are kept as they are, as `torch.optim` keeps them: no step reads them
-                if key == "step" or key in state_names:
+                if key in scalars:
+                    _check_scalar_state(where, key, value)
+                elif key == "step" or key in state_names:
                     _check_state_value(where, key, value, param)
 
 
@@ -469,8 +505,9 @@ def local_shards(param: torch.Tensor, grad: torch.Tensor,
                  tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """This rank's local tensors when `param` is a `DTensor` (FSDP2's `fully_shard`), else the arguments as given.
 
-    Every rule is elementwise, so a sharded param is updated shard by shard with no communication; the local
-    tensors share the DTensors' storage, so backends update them in place like any tensor (the fused ones need
+    An elementwise rule updates a sharded param shard by shard with no communication (a reducing rule's
+    per-tensor sums are all-reduced over the shard group first, see `_shard_sums`); the local tensors share
+    the DTensors' storage, so backends update them in place like any tensor (the fused ones need
     real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
     distributed checkpoints save it sharded.
     """
@@ -484,10 +521,47 @@ def local_shards(param: torch.Tensor, grad: torch.Tensor,
     return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
 
 
+def _shard_sums(rule: Rule, params: list[torch.Tensor], special: list[int]) -> dict[str, Any]:
+    """The `all_reduce` a backend applies to a reducing rule's per-tensor sums (one row per param) when some
+    params are DTensor shards: each such row is summed over the mesh dimensions the param is sharded on, so
+    every shard finishes with the whole tensor's sums (LAMB's ‖θ‖ and ‖u‖). `{}` when there is nothing to do.
+
+    Every rank has the same params with gradients (FSDP2 gives an empty shard an empty gradient), so the
+    collectives match across the group.
+    """
+    if not rule.reductions or not special:
+        return {}
+    by_group: dict[Any, list[int]] = defaultdict(list)
+    for row, param in enumerate(params):
+        if _is_dtensor(param):
+            for dim, placement in enumerate(param.placements):
+                if placement.is_shard():
+                    by_group[param.device_mesh.get_group(dim)].append(row)
+    if not by_group:
+        return {}
+
+    def all_reduce(sums: torch.Tensor) -> torch.Tensor:
+        sums = sums.clone()
+        for group, rows in by_group.items():
+            partial = sums[rows]
+            torch.distributed.all_reduce(partial, group=group)
+            sums[rows] = partial
+        return sums
+
+    return {"all_reduce": all_reduce}
+
+
 def _is_dtensor(tensor: Any) -> bool:
     """Whether `tensor` is a `DTensor`, without importing torch.distributed (none exists before it is imported)."""
     dtensor_module = sys.modules.get("torch.distributed.tensor")
     return dtensor_module is not None and isinstance(tensor, dtensor_module.DTensor)
+
+
+def _check_scalar_state(where: str, key: str, value: Any) -> None:
+    """Per-param scalar state (NAdam's `mu_product`): a finite real number or a one-element real tensor."""
+    number = value.item() if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex() else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ValueError(f"Invalid state_dict: {where}: {key} must be a finite number, got {value!r}")
 
 
 def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:

@@ -10,13 +10,6 @@
 // events. A new view draws from `state.response` in `drawRuns` and `selectStep`, like the two charts.
 "use strict";
 
-// Column headers of `optimlab trace`, for each rule's trace quantities.
-const LABELS = {
-  g: "g_t", m: "m_t", v: "v_t", m_hat: "m̂_t", v_hat: "v̂_t", alpha_t: "α_t", b: "b_t", V: "V_t = ηb_t",
-  h: "h_t", rate: "η/(√h+ε)", s: "s_t", g_avg: "ḡ_t", update: "Δx",
-};
-// Per-step scalars (the lab broadcasts them to every coordinate): shown once.
-const SCALARS = new Set(["alpha_t"]);
 // Hyperparameters shown up front; the others sit under "more".
 const PRIMARY = new Set(["lr", "momentum", "betas", "alpha", "eps", "eps_root"]);
 const DEFAULT_TICKED = ["sgd", "momentum", "adagrad", "adam"];
@@ -673,8 +666,11 @@ function drawTrace() {
     const t = Math.min(state.step, result.steps);
     const rows = [];
     if (t >= 1) {
+      // headers and per-step scalars (shown once) come from the API, as `optimlab trace` names them
+      const info = state.optimizers.find((candidate) => candidate.name === result.name);
       for (const [name, values] of Object.entries(result.trace)) {
-        rows.push([LABELS[name] || name, SCALARS.has(name) ? values[t - 1].slice(0, 1) : values[t - 1]]);
+        const scalar = info.trace_scalars.includes(name);
+        rows.push([info.trace_labels[name] || name, scalar ? values[t - 1].slice(0, 1) : values[t - 1]]);
       }
     }
     rows.push([t === 0 ? "x₀ (start)" : "x_t", result.path[t]]);

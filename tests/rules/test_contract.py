@@ -1,0 +1,132 @@
+"""The Rule contract (rules/base.py): checked on construction, identity-hashable, helpers found from the code."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from optimlab.lab import sweep
+from optimlab.rules import RULES, Rule, primitives
+from optimlab.rules.base import any_nonzero
+from optimlab.rules.primitives import abs, sign, where  # noqa: A004
+
+
+def _update(param, grad, exp_avg, lr, maximize):
+    if maximize:
+        grad = -grad
+    exp_avg = exp_avg * 0.5 + grad
+    return param - lr * exp_avg, exp_avg
+
+
+def _rule(**changes):
+    fields = {"name": "toy", "update": _update,
+              "coefficients": lambda step, *, lr, maximize: {"lr": lr, "maximize": maximize},
+              "hyperparameters": {"lr": 0.1, "maximize": False}, "state_names": ("exp_avg",),
+              "active_state": lambda hyper: ("exp_avg",), "validate": lambda hyper: None,
+              "trace": lambda step, grad, state, hyper: {}, "flags": ("maximize",)}
+    return Rule(**{**fields, **changes})
+
+
+def test_a_rule_that_keeps_the_contract_constructs():
+    rule = _rule()
+    assert rule.coefficient_names == ("lr", "maximize")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"state_names": ("momentum_buffer",)}, r"state \('momentum_buffer',\)"),
+    ({"update": lambda grad, param, exp_avg, lr, maximize: (param, exp_avg)}, r"\(param, grad\)"),
+    ({"coefficients": lambda step, *, lr, maximize: {"lr": lr}}, "coefficients returns"),
+    ({"flags": ()}, "'maximize' is a bool: declare it in flags"),
+    ({"flags": ("maximize", "amsgrad")}, r"flags \['amsgrad'\] are not coefficients"),
+    ({"coefficients": lambda step, *, lr, maximize: {"lr": lr, "maximize": 0}}, "'maximize' must be a Python bool"),
+    ({"name": "_ol_toy"}, "start with '_ol_'"),
+    ({"name": "my-rule"}, "must be a Python identifier"),
+    ({"active_state": lambda hyper: ("exp_avg_sq",)}, "active_state names"),
+    ({"validate": lambda hyper: (_ for _ in ()).throw(ValueError("Invalid lr: 0.1"))},
+     "default hyperparameters are invalid"),
+])
+def test_a_rule_that_breaks_the_contract_is_refused_with_the_reason(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _rule(**changes)
+
+
+def test_rules_hash_by_identity_so_caches_keep_them_alive():
+    first, second = _rule(), _rule()
+    cache = {first: 1, second: 2}
+    assert first != second and cache[first] == 1 and cache[second] == 2
+    assert {RULES["adam"]: "adam"}[RULES["adam"]] == "adam"
+
+
+def _halve(x):
+    return x * 0.5
+
+
+def _clipped(x):
+    """A helper calling another helper and the natives: both are found and compiled with the rule."""
+    return where(abs(x) > 1, sign(x), _halve(x) * 2)
+
+
+def _helper_update(param, grad, lr):
+    return (param - lr * _clipped(grad),)
+
+
+def test_a_rules_own_helpers_are_found_from_its_code_recursively():
+    rule = Rule(name="clipped", update=_helper_update, coefficients=lambda step, *, lr: {"lr": lr},
+                hyperparameters={"lr": 0.5}, state_names=(), active_state=lambda hyper: (),
+                validate=lambda hyper: None, trace=lambda *arguments: {})
+    assert rule.helpers == {"_clipped": _clipped, "_halve": _halve}
+    calls = []
+
+    def counting_sign(x):
+        calls.append(x)
+        return primitives.sign(x)
+
+    natives = {**{name: getattr(primitives, name) for name in primitives.NATIVE}, "sign": counting_sign}
+    specialized = rule.specialize(natives)
+    assert specialized(1.0, 3.0, 0.5) == (0.5,) and specialized(1.0, 0.5, 0.5) == (0.75,)
+    assert calls == [3.0, 0.5]  # the helper's `sign` is the backend's native, not a global of this module
+
+
+def test_rmsprop_momentum_is_a_derived_flag():
+    rule = RULES["rmsprop"]
+    assert rule.coefficients(1, **rule.defaults())["use_momentum"] is False
+    assert rule.coefficients(1, **rule.defaults(momentum=0.5))["use_momentum"] is True
+    assert any_nonzero(np.array([0.0, 0.3])) and not any_nonzero(torch.zeros(()))
+
+
+@pytest.mark.parametrize(("optimizer", "name", "values"), [("rmsprop", "momentum", [0.0, 0.5, 0.9]),
+                                                           ("sgd", "weight_decay", [0.0, 0.1]),
+                                                           ("adam", "weight_decay", [0.1, 0.0]),
+                                                           ("nadam", "weight_decay", [0.0, 0.3])])
+def test_a_lab_sweep_over_a_value_a_flag_derives_from_matches_each_run_alone(optimizer, name, values):
+    """The branch is taken for the whole sweep; its zero on that path (b = g / avg, g + 0 θ) is exactly the
+    plain run's."""
+    swept = sweep("ellipse", optimizer, {"lr": 0.05, name: values}, steps=20)
+    for index, value in enumerate(values):
+        alone = sweep("ellipse", optimizer, {"lr": 0.05, name: value}, steps=20)
+        np.testing.assert_array_equal(swept.path[:, index], alone.path[:, 0])
+
+
+@pytest.mark.parametrize("name", primitives.NATIVE + tuple(primitives.FORMULAS))
+def test_each_native_means_the_same_on_python_numpy_and_torch(name):
+    values = [-2.0, -0.0, 0.0, 0.25, 3.0, math.inf, math.nan]
+    other = [1.0, 0.0, -0.0, 0.75, math.nan, 2.0, 0.5]
+    function = getattr(primitives, name) if name in primitives.NATIVE else primitives.lerp
+    arity = {"sqrt": 1, "sign": 1, "abs": 1, "where": 3, "lerp": 3}.get(name, 2)
+    if arity == 1:
+        arguments = [values]
+    elif arity == 2:
+        arguments = [values, other]
+    elif name == "where":
+        arguments = [[value > 0 for value in values], values, other]
+    else:
+        arguments = [values, other, [0.1, 0.9, 0.5, 0.4, 0.6, 1.0, 0.0]]
+    torch_args = [torch.tensor(argument, dtype=None if isinstance(argument[0], bool) else torch.float64)
+                  for argument in arguments]
+    with np.errstate(invalid="ignore"):
+        as_numpy = function(*(np.array(argument) for argument in arguments))
+        as_python = [function(*element) for element in zip(*arguments, strict=True)]
+    as_torch = function(*torch_args).numpy()
+    np.testing.assert_array_equal(np.asarray(as_numpy), as_torch)
+    np.testing.assert_array_equal(np.asarray(as_python, dtype=np.float64), as_torch)
