@@ -16,7 +16,7 @@ from optimlab.lab.style import color, label
 from optimlab.rules import OPTIMIZERS, REGISTRY
 from optimlab.serve import create_app
 
-client = TestClient(create_app())
+client = TestClient(create_app(), base_url="http://127.0.0.1")
 NAMES = list(REGISTRY)
 
 

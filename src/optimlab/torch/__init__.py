@@ -213,6 +213,7 @@ class LAMB(_RuleOptimizer):
 
     torch_name = "LAMB"
     rule = RULES["lamb"]
+    setstate_defaults = {"differentiable": False}
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, backend: str = "auto",
@@ -232,12 +233,12 @@ class Lion(_RuleOptimizer):
     torch_name = "Lion"
     rule = RULES["lion"]
     counts_steps = False
+    setstate_defaults = {"differentiable": False}  # read by torch.optim's step decorator; lion-pytorch lacks it
 
     def __init__(self, params: Params, lr: float | torch.Tensor = 1e-4,
                  betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.99), weight_decay: float = 0.0,
                  *, backend: str = "auto", state_dtype: torch.dtype | None = None,
                  skip_nonfinite: bool = False) -> None:
-        # `differentiable` is read by torch.optim's step decorator; lion-pytorch's groups lack it (loads fill it)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "differentiable": False,
                     **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
         super().__init__(params, defaults)
