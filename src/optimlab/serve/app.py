@@ -203,7 +203,7 @@ def _echo(value: Any, depth: int = 0) -> Any:
 def surface_info(surface: Surface) -> SurfaceInfo:
     """A surface as the API describes it."""
     defaults = {optimizer: {name: list(value) if isinstance(value, tuple) else value
-                            for name, value in {**hyperparameters, "lr": _shown(hyperparameters["lr"])}.items()}
+                            for name, value in hyperparameters.items()}
                 for optimizer, hyperparameters in surface_defaults(surface.name).items()}
     return SurfaceInfo(name=surface.name, title=surface.title, formula=surface.formula,
                        description=surface.description, dim=surface.dim, start=list(surface.start),
@@ -215,11 +215,6 @@ def surface_info(surface: Surface) -> SurfaceInfo:
 def grid_json(name: str, resolution: int) -> str:
     """`surface_grid` of the surface called `name`, as JSON text (what a worker process sends back)."""
     return surface_grid(SURFACES[name], resolution).model_dump_json()
-
-
-def _shown(lr: float) -> float:
-    """A default lr to three significant digits, as the page's box can show it (0.00383, not 0.0038274...)."""
-    return float(f"{lr:.3g}")
 
 
 def surface_grid(surface: Surface, resolution: int) -> SurfaceGrid:
