@@ -10,6 +10,7 @@ float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import itertools
@@ -18,7 +19,7 @@ import operator
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +45,10 @@ _is_complex = torch.Tensor.is_complex
 _dtype_of = operator.attrgetter("dtype")
 _dtype_is_complex = operator.attrgetter("is_complex")
 _data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_nbytes_of = operator.attrgetter("nbytes")
+_get_device = torch.Tensor.get_device
+_is_contiguous = torch.Tensor.is_contiguous
 
 
 def load_optional_backends() -> list[str]:
@@ -133,34 +138,73 @@ class Optimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if isinstance(grad_scale, torch.Tensor):
             grad_scale = grad_scale.reshape(())
-        # Everything that can fail (sparse gradients, the backend's choice) is checked before anything changes.
-        work = []
+        # Everything that can fail (sparse gradients, gradients or state that do not fit their params, the
+        # backend's choice) is checked for every group before anything changes.
+        work: list[_GroupStep] = []
         for index, group in enumerate(self.param_groups):
             params, grads, has_sparse = self._params_with_grad(group)
             if params:
                 rule, hyperparameters = self.rule_for(group)
                 dtypes = tuple(map(_dtype_of, params))
-                real_params = params
-                if any(map(_dtype_is_complex, dtypes)):
-                    real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
-                backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
-                work.append((index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse))
+                plan = self._plans.get(index)
+                if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, dtypes, has_sparse):
+                    backend = plan.backend
+                else:
+                    plan = None
+                    _check_gradients(params, grads)
+                    real_params = params
+                    if any(map(_dtype_is_complex, dtypes)):
+                        real_params = [torch.view_as_real(param) if param.is_complex() else param
+                                       for param in params]
+                    backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
+                work.append(_GroupStep(index, group, rule, hyperparameters, backend, params, grads, dtypes,
+                                       has_sparse, plan))
+        state_ids = self._state_snapshot()[1] if work else ()
+        for each in work:
+            if each.plan is not None and not each.plan.state_fits(state_ids):
+                each.plan = None
+            if each.plan is None:
+                self._check_state(each.params, each.rule.active_state(each.hyperparameters))
         if self._has_nonfinite_gradient(work):
             self.skipped_steps += 1
             return loss
-        state_ids = self._state_snapshot()[1] if work else ()
         rebuilt = False
-        for index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse in work:
-            rebuilt |= self._update_group(index, group, rule, hyperparameters, backend, params, grads, dtypes,
-                                          has_sparse, grad_scale, state_ids)
+        for each in work:
+            if each.plan is None:
+                each.plan, each.fresh = self._build_plan(each.group, each.rule, each.hyperparameters, each.params,
+                                                         each.dtypes, each.backend)
+                self._plans[each.index] = each.plan
+                rebuilt = True
+        for each in work:
+            rebuilt |= self._update_group(each, grad_scale)
         if rebuilt:
             # Rebuilt plans created state, which changed the snapshot. Every plan used in this step still
             # matches the state (a group's state creation touches only its own params' state), so all of them
             # take the new snapshot.
             snapshot = self._state_snapshot()
-            for index, *_ in work:
-                self._plans[index].state_objects, self._plans[index].state_ids = snapshot
+            for each in work:
+                self._plans[each.index].state_objects, self._plans[each.index].state_ids = snapshot
         return loss
+
+    def _check_state(self, params: list[torch.Tensor], active: tuple[str, ...]) -> None:
+        """Raise PyTorch's error where a param's existing state does not fit it (before anything changes).
+
+        A param grown through `param.data = ...` after its state exists, a state tensor replaced by one of
+        another shape or on another device: PyTorch's update raises a size (or device) mismatch there.
+        """
+        for position, param in enumerate(params):
+            state = self.state.get(param)
+            for name in active if state else ():
+                tensor = state.get(name)
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                if tensor.shape != param.shape:
+                    raise RuntimeError(f"{self.torch_name}: the size of param {position} of its group "
+                                       f"{tuple(param.shape)} must match the size of its state {name!r} "
+                                       f"{tuple(tensor.shape)}")
+                if tensor.device != param.device:
+                    raise RuntimeError(f"{self.torch_name}: expected param {position} of its group and its state "
+                                       f"{name!r} on the same device, got {param.device} and {tensor.device}")
 
     def _state_snapshot(self) -> tuple[list[Any], tuple[int, ...]]:
         """`self.state`, its params, their state dicts and the values in those, and the ids of all of them.
@@ -205,44 +249,39 @@ class Optimizer(torch.optim.Optimizer):
         return params, grads, has_sparse
 
     @staticmethod
-    def _has_nonfinite_gradient(work: list[tuple]) -> bool:
+    def _has_nonfinite_gradient(work: list[_GroupStep]) -> bool:
         """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync per device)."""
         finite_by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
-        for _, group, *_, grads, _, _ in work:
-            if group["skip_nonfinite"]:
-                for grad in grads:
+        for each in work:
+            if each.group["skip_nonfinite"]:
+                for grad in each.grads:
                     finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
         return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
-    def _update_group(self, index: int, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
-                      backend: Backend, params: list[torch.Tensor], grads: list[torch.Tensor],
-                      dtypes: tuple[torch.dtype, ...], has_sparse: bool, grad_scale: Any,
-                      state_ids: tuple[int, ...]) -> bool:
-        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt.
+    def _update_group(self, work: _GroupStep, grad_scale: Any) -> bool:
+        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt here.
 
         The per-param work that does not change from step to step (state lookups and creation, which params
-        are complex or DTensors, the state tensor lists) lives in the group's `_Plan`, checked each step with
-        C-level identity passes and rebuilt when anything it depends on changed.
+        are complex or DTensors, the state tensor lists, the backend's prepared tables) lives in the group's
+        `_Plan`, which `step` checked or rebuilt (`work.fresh`: which params' state that rebuild created).
         """
-        active = rule.active_state(hyperparameters)
-        plan = self._plans.get(index)
-        valid = (plan is not None and plan.group is group and plan.active == active
-                 and plan.state_ids == state_ids and plan.param_ids == tuple(map(id, params))
-                 and plan.dtypes == dtypes)
-        counter_pointers = plan.counter_pointers if valid else None
+        group, rule, hyperparameters, backend = work.group, work.rule, work.hyperparameters, work.backend
+        params, grads, has_sparse, plan = work.params, work.grads, work.has_sparse, work.plan
+        dtypes = work.dtypes
+        valid = True
+        counter_pointers = plan.counter_pointers
         if counter_pointers is not None:
             # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
             counter_pointers = np.fromiter(map(_data_ptr, plan.counters), np.int64, len(params))
             valid = np.array_equal(counter_pointers, plan.counter_pointers)
-        fresh: list[bool] = []
         if not valid:
-            plan, fresh = self._build_plan(group, rule, hyperparameters, params, active, dtypes)
-            self._plans[index] = plan
+            plan, _ = self._build_plan(group, rule, hyperparameters, params, dtypes, backend)
+            self._plans[work.index] = plan
             counter_pointers = plan.counter_pointers
         steps: float | list[float]
         if not self.counts_steps:
             # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-            steps = [1 if new else 2 for new in fresh] if any(fresh) else 2
+            steps = [1 if new else 2 for new in work.fresh] if any(work.fresh) else 2
         elif counter_pointers is not None:
             counts = np.empty(len(params), np.float32)
             _counter_kernel()(counter_pointers, counts)
@@ -271,7 +310,11 @@ class Optimizer(torch.optim.Optimizer):
         for step, indices in buckets.items():
             coefficients = rule.coefficients(step, **hyperparameters)
             if len(indices) == len(params) and not has_sparse:
-                backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors, grad_scale)
+                if plan.prepared is not None:
+                    plan.prepared.step(coefficients, backend_grads, grad_scale)
+                else:
+                    backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
+                                 grad_scale)
                 continue
             dense = [i for i in indices if not backend_grads[i].is_sparse]
             if dense:
@@ -284,9 +327,10 @@ class Optimizer(torch.optim.Optimizer):
         return not valid
 
     def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
-                    params: list[torch.Tensor], active: tuple[str, ...],
-                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[bool]]:
+                    params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...],
+                    backend: Backend) -> tuple[_Plan, list[bool]]:
         """The group's plan for these params, creating missing state; also which params' state was new."""
+        active = rule.active_state(hyperparameters)
         keeps_state = self.counts_steps or bool(active)
         states = [self.state[param] if keeps_state else {} for param in params]
         fresh = [self._ensure_state(param, state, group, rule, hyperparameters)
@@ -298,9 +342,13 @@ class Optimizer(torch.optim.Optimizer):
                 type(counter) is torch.Tensor and counter.device.type == "cpu" and counter.dtype == torch.float32
                 and counter.numel() == 1 for counter in counters):
             counter_pointers = np.fromiter(map(_data_ptr, counters), np.int64, len(counters))
+        tensors = [[state[name] for name in active] for state in states]
+        prepare = getattr(backend, "prepare", None)
+        # the backend's tables hold the state's data pointers: only for plain tensors, checked every step
+        prepared = prepare(rule, hyperparameters, params, tensors) if prepare is not None and not special else None
         # the state snapshot is filled in by `step` once every group of this step has created its state
-        plan = _Plan(group, active, tuple(map(id, params)), dtypes, params, special,
-                     [[state[name] for name in active] for state in states], counters, counter_pointers)
+        plan = _Plan(group, rule, active, group["backend"], backend, params, dtypes, special, tensors, counters,
+                     counter_pointers, prepared)
         return plan, fresh
 
     @staticmethod
@@ -425,34 +473,143 @@ class Optimizer(torch.optim.Optimizer):
                 _check_state_value(where, key, value, param)
 
 
+@dataclasses.dataclass
+class _GroupStep:
+    """One param group's part of a `step`: what `step` checked, the backend it chose, the plan it runs."""
+
+    index: int
+    group: dict[str, Any]
+    rule: Rule
+    hyperparameters: dict[str, Any]
+    backend: Backend
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    dtypes: tuple[torch.dtype, ...]
+    has_sparse: bool
+    #: None until `step` builds it (the group's plan did not fit, or there was none)
+    plan: _Plan | None
+    #: which params' state the plan's build created
+    fresh: list[bool] = dataclasses.field(default_factory=list)
+
+
+class _Signature(NamedTuple):
+    """What a plan depends on in its params besides identity and dtype, where not their data pointers: the
+    plans of groups with complex or DTensor params (whose state runs through per-step views) check it every
+    step. Each field is one C-level pass over the tensors."""
+
+    numels: np.ndarray
+    #: `Tensor.get_device()`: -1 for CPU tensors
+    devices: tuple[int, ...]
+    #: True where every tensor is contiguous, else each tensor's `is_contiguous()`
+    contiguous: bool | tuple[bool, ...]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor]) -> _Signature:
+        contiguous = all(map(_is_contiguous, tensors)) or tuple(map(_is_contiguous, tensors))
+        return cls(np.fromiter(map(_numel, tensors), np.int64, len(tensors)), tuple(map(_get_device, tensors)),
+                   contiguous)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Signature) and self.devices == other.devices
+                and self.contiguous == other.contiguous and np.array_equal(self.numels, other.numels))
+
+    __hash__ = None  # type: ignore[assignment] (compared, never hashed)
+
+
+def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Raise PyTorch's error where a gradient does not fit its param: `param.grad.data = ...` bypasses the checks
+    of `param.grad = ...`, and `param.data = ...` leaves the old gradient."""
+    for position, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if grad.shape != param.shape:
+            raise RuntimeError(f"the size of param {position} of its group {tuple(param.shape)} must match the "
+                               f"size of its gradient {tuple(grad.shape)}")
+        if grad.dtype != param.dtype:
+            raise RuntimeError(f"expected param {position} of its group and its gradient to have the same dtype, "
+                               f"got {param.dtype} and {grad.dtype}")
+        if grad.device != param.device:
+            raise RuntimeError(f"expected param {position} of its group and its gradient on the same device, "
+                               f"got {param.device} and {grad.device}")
+
+
 class _Plan:
     """What one param group's step needs that stays the same from step to step, built by `_build_plan`.
 
     On 10,000 small tensors, finding each param's state and step counter, checking which params are complex
-    or DTensors and listing their state tensors cost tens of milliseconds per step in Python: more than the
-    fused kernel. A plan keeps all of that and is used while the group, its params with gradients, their
-    dtypes, the active state and every object in `optimizer.state` are the same ones (identity checks,
-    C-level passes); anything else rebuilds it.
+    or DTensors, choosing the backend and listing the state tensors cost tens of milliseconds per step in
+    Python: more than the fused kernel. A plan keeps all of that and is used while it `fits` and its state
+    `state_fits`; anything else rebuilds it, checking gradients and state against the params and choosing the
+    backend again (so `backend="auto"` falls back as on the first step).
+
+    Every step costs a few C-level passes over the tensors (≈ 0.1 µs per tensor each): the params' dtypes and
+    data pointers, the gradients' byte counts, the identities of everything in `optimizer.state`, and the data
+    pointers of the state tensors a backend's prepared tables point into. A param or state tensor whose data
+    moved (`.data = ...`, `share_memory_()`, `model.half()`, `model.to(memory_format=...)`, `set_`, a growing
+    `resize_`) has another data pointer. The plan keeps the storages it was built for alive, so that no other
+    tensor can be allocated at one of its addresses while it lives: a tensor still at its address is still in
+    the storage it was in, at least as large (docs/reliability.md lists what is checked and what is not).
     """
 
-    def __init__(self, group: dict[str, Any], active: tuple[str, ...], param_ids: tuple[int, ...],
-                 dtypes: tuple[torch.dtype, ...], params: list[torch.Tensor], special: list[int],
+    def __init__(self, group: dict[str, Any], rule: Rule, active: tuple[str, ...], backend_name: str,
+                 backend: Backend, params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...], special: list[int],
                  tensors: list[list[torch.Tensor]], counters: list[torch.Tensor],
-                 counter_pointers: np.ndarray | None) -> None:
+                 counter_pointers: np.ndarray | None, prepared: Any) -> None:
         self.group = group
+        self.rule = rule
         self.active = active
-        self.param_ids = param_ids
+        self.backend_name = backend_name
+        self.backend = backend
         self.params = params  # kept alive, so that `param_ids` cannot be reused by other tensors
+        self.param_ids = tuple(map(id, params))
         self.dtypes = dtypes
         #: params whose tensors are converted every step (DTensor to local shard, complex to real view)
         self.special = special
+        count = len(params)
+        if special:
+            self.signature = _Signature.of(params)
+        else:
+            self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
+            self.param_bytes = np.fromiter(map(_nbytes_of, params), np.int64, count)
         #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
         self.tensors = tensors
+        #: the backend's tables for these tensors (`backend.prepare`), or None: call `backend.step`
+        self.prepared = prepared
+        #: the state tensors the prepared tables point into, and their addresses
+        self.flat_state = list(itertools.chain.from_iterable(tensors)) if prepared is not None else []
+        self.state_pointers = np.fromiter(map(_data_ptr, self.flat_state), np.int64, len(self.flat_state))
+        self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
+            params if not special else (), self.flat_state)]
         self.counters = counters
         #: the counters' data pointers when `_counter_kernel` can advance them all, else None
         self.counter_pointers = counter_pointers
         self.state_objects: list[Any] = []
         self.state_ids: tuple[int, ...] | None = None
+
+    def fits(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
+             grads: list[torch.Tensor], dtypes: tuple[torch.dtype, ...], has_sparse: bool) -> bool:
+        """Whether these params of `group` and their gradients still run on this plan as they are: the same
+        params, dtypes and data pointers (sizes, devices and layouts then follow), gradients as large."""
+        if not (self.group is group and self.rule is rule and self.backend_name == group["backend"]
+                and self.active == rule.active_state(hyperparameters) and self.dtypes == dtypes
+                and self.param_ids == tuple(map(id, params))):
+            return False
+        count = len(params)
+        if self.special:
+            return (self.signature == _Signature.of(params) and tuple(map(_dtype_of, grads)) == dtypes
+                    and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), self.signature.numels)
+                    and tuple(map(_get_device, grads)) == self.signature.devices)
+        if not np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, count), self.param_pointers):
+            return False
+        if has_sparse:
+            return all(grad.shape == param.shape and grad.dtype == param.dtype and grad.device == param.device
+                       for param, grad in zip(params, grads, strict=True))
+        # A gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device).
+        return np.array_equal(np.fromiter(map(_nbytes_of, grads), np.int64, count), self.param_bytes)
+
+    def state_fits(self, state_ids: tuple[int, ...]) -> bool:
+        """Whether `optimizer.state` holds the same objects and the state tensors the prepared tables point into
+        are where they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
+        return self.state_ids == state_ids and np.array_equal(
+            np.fromiter(map(_data_ptr, self.flat_state), np.int64, len(self.flat_state)), self.state_pointers)
 
 
 @functools.cache
