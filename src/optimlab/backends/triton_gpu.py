@@ -293,9 +293,9 @@ def _group(dtypes: tuple[str, ...], indices: list[int] | None, numels: list[int]
 class _Plan:
     """The launches of one set of params and state; the address tables follow the gradients' addresses."""
 
-    def __init__(self, numels: list[int], fixed: list[list[int]], grad_dtypes: set[Any],
+    def __init__(self, numels: list[int], fixed: list[list[int]], dtypes: list[Any], grad_dtypes: set[Any],
                  groups: list[_Group]) -> None:
-        self.numels, self.fixed, self.grad_dtypes, self.groups = numels, fixed, grad_dtypes, groups
+        self.numels, self.fixed, self.dtypes, self.grad_dtypes, self.groups = numels, fixed, dtypes, grad_dtypes, groups
         self._grad_addresses: list[int] | None = None
         self._launches: list[tuple[_Group, Any, bool]] = []
 
@@ -376,7 +376,8 @@ class TritonBackend:
         numels = [param.numel() for param in params]
         fixed = [[param.data_ptr() for param in params], *([tensor.data_ptr() for tensor in column]
                                                           for column in columns)]
-        plan = self._plan(numels, fixed, active, params, grads, columns)
+        dtypes = [tensor.dtype for tensor in itertools.chain(params, *columns)]
+        plan = self._plan(numels, fixed, dtypes, active, params, grads, columns)
         # Autograd and `.grad` assignment give a gradient its param's dtype, device and shape; sizes and dtypes
         # are still checked on every step, since the gradients may be new tensors each time.
         if [grad.numel() for grad in grads] != numels or {grad.dtype for grad in grads} != plan.grad_dtypes:
@@ -399,14 +400,14 @@ class TritonBackend:
                     group.layout, addresses, group.n_tensors, group.total_blocks, *arguments, ROWS=group.rows,
                     BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
 
-    def _plan(self, numels: list[int], fixed: list[list[int]], active: tuple[str, ...], params: Sequence[Any],
-              grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
-        """The launches for these params and state: rebuilt, and the tensors checked, when an address or size
-        changed (a tensor's dtype and layout cannot change while its address and size stay the same, short of
-        another tensor landing exactly there)."""
+    def _plan(self, numels: list[int], fixed: list[list[int]], dtypes: list[Any], active: tuple[str, ...],
+              params: Sequence[Any], grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
+        """The launches for these params and state: rebuilt, and the tensors checked, when an address, size or
+        dtype changed (a tensor's layout cannot change while its address and size stay the same, short of
+        another tensor landing exactly there, or an in-place view op)."""
         key = (len(fixed), len(numels), fixed[0][0], str(params[0].device), interpreting())
         cached = self._plans.get(key)
-        if cached is not None and cached.numels == numels and cached.fixed == fixed:
+        if cached is not None and cached.numels == numels and cached.fixed == fixed and cached.dtypes == dtypes:
             return cached
         if len(columns) != len(active):
             raise ValueError(f"expected {len(active)} state tensors per param ({', '.join(active)})")
@@ -418,7 +419,7 @@ class TritonBackend:
             if not all(tensor.is_contiguous() for tensor in tensors):
                 raise ValueError("the triton backend needs contiguous params and state")
             groups.setdefault(tuple(_tl_dtype(tensor.dtype) for tensor in tensors), []).append(index)
-        plan = _Plan(numels, fixed, {grad.dtype for grad in grads},
+        plan = _Plan(numels, fixed, dtypes, {grad.dtype for grad in grads},
                      [_group(dtypes, None if len(indices) == len(numels) else indices, numels, fixed, device)
                       for dtypes, indices in groups.items()])
         if len(self._plans) > 64:
@@ -429,24 +430,25 @@ class TritonBackend:
     def _kernel(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                 dtypes: tuple[str, ...], found_inf: bool, aligned: bool, numel_multiple: int = 1) -> Any:
         interpret = interpreting()
+        # keyed by the rule's id(), each entry holding the rule itself: its id cannot be another rule's
         key = (rule.name, id(rule), active, tuple(kinds.items()), dtypes, found_inf, aligned, numel_multiple,
                interpret)
-        kernel = self._kernels.get(key)
-        if kernel is not None:
-            return kernel
+        cached = self._kernels.get(key)
+        if cached is not None:
+            return cached[1]
         update_key = (id(rule), interpret)
         if update_key not in self._updates:
-            self._updates[update_key] = rule.specialize(_natives(triton), _device_function(triton))
+            self._updates[update_key] = (rule, rule.specialize(_natives(triton), _device_function(triton)))
         source = _kernel_source(rule, active, kinds, dtypes, found_inf, aligned, numel_multiple)
         # Triton reads a kernel's source with `inspect`: register the generated text under a unique name.
         filename = f"<optimlab-triton-{rule.name}-{next(_SOURCES)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        namespace = {"tl": triton.language, "update": self._updates[update_key],
+        namespace = {"tl": triton.language, "update": self._updates[update_key][1],
                      **_jit_all(triton, (widen_bfloat16, round_to_bfloat16))}
         exec(compile(source, filename, "exec"), namespace)  # our own generated source
         # Sizes vary with the group: keep them out of the specialization, so a new group does not recompile.
         kernel = triton.jit(namespace[f"{rule.name}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
-        self._kernels[key] = kernel
+        self._kernels[key] = (rule, kernel)
         return kernel
 
 
