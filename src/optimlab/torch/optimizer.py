@@ -40,7 +40,6 @@ OPTIMLAB_KEYS = ("eps_root", "backend", "state_dtype", "skip_nonfinite")
 # Per-tensor reads done by C-level `map` instead of Python loops: on 10,000 tensors a Python loop costs
 # milliseconds per step, a `map` a few hundred microseconds.
 _grad_of = operator.attrgetter("grad")
-_is_sparse = operator.attrgetter("is_sparse")
 _is_complex = torch.Tensor.is_complex
 _dtype_of = operator.attrgetter("dtype")
 _dtype_is_complex = operator.attrgetter("is_complex")
@@ -142,15 +141,16 @@ class Optimizer(torch.optim.Optimizer):
         # backend's choice) is checked for every group before anything changes.
         work: list[_GroupStep] = []
         for index, group in enumerate(self.param_groups):
-            params, grads, has_sparse = self._params_with_grad(group)
+            params, grads, grad_bytes = self._params_with_grad(group)
             if params:
                 rule, hyperparameters = self.rule_for(group)
-                dtypes = tuple(map(_dtype_of, params))
+                has_sparse = grad_bytes is None
                 plan = self._plans.get(index)
-                if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, dtypes, has_sparse):
-                    backend = plan.backend
+                if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, grad_bytes):
+                    backend, dtypes = plan.backend, plan.dtypes
                 else:
                     plan = None
+                    dtypes = tuple(map(_dtype_of, params))
                     _check_gradients(params, grads)
                     real_params = params
                     if any(map(_dtype_is_complex, dtypes)):
@@ -159,7 +159,7 @@ class Optimizer(torch.optim.Optimizer):
                     backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
                 work.append(_GroupStep(index, group, rule, hyperparameters, backend, params, grads, dtypes,
                                        has_sparse, plan))
-        state_ids = self._state_snapshot()[1] if work else ()
+        state_ids = self._state_ids() if work else ()
         for each in work:
             if each.plan is not None and not each.plan.state_fits(state_ids):
                 each.plan = None
@@ -176,7 +176,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._plans[each.index] = each.plan
                 rebuilt = True
         for each in work:
-            rebuilt |= self._update_group(each, grad_scale)
+            self._update_group(each, grad_scale)
         if rebuilt:
             # Rebuilt plans created state, which changed the snapshot. Every plan used in this step still
             # matches the state (a group's state creation touches only its own params' state), so all of them
@@ -218,8 +218,16 @@ class Optimizer(torch.optim.Optimizer):
         objects = [self.state, *self.state, *dicts, *itertools.chain.from_iterable(map(dict.values, dicts))]
         return objects, tuple(map(id, objects))
 
-    def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
-        """The group's params that have a gradient, their gradients, and whether one of those is sparse.
+    def _state_ids(self) -> tuple[int, ...]:
+        """The ids `_state_snapshot` gives, without listing the objects (what every step compares)."""
+        dicts = list(self.state.values())
+        return tuple(map(id, itertools.chain((self.state,), self.state, dicts,
+                                             itertools.chain.from_iterable(map(dict.values, dicts)))))
+
+    def _params_with_grad(self, group: Mapping[str, Any]
+                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray | None]:
+        """The group's params that have a gradient, their gradients, and the gradients' byte counts (None where
+        one of them is sparse).
 
         Raises where PyTorch refuses a gradient (sparse where unsupported, ...), before anything changes.
 
@@ -233,9 +241,14 @@ class Optimizer(torch.optim.Optimizer):
             params = list(params)
         else:
             params, grads = list(itertools.compress(params, has_grad)), list(itertools.compress(grads, has_grad))
-        has_sparse = any(map(_is_sparse, grads))
-        if not has_sparse and (group["state_dtype"] is None or not any(map(_is_complex, params))):
-            return params, grads, False
+        try:
+            # the pass that measures the gradients (checked against their params by the plan) also finds the
+            # sparse ones: `nbytes` is not defined for sparse tensors
+            grad_bytes = np.fromiter(map(_nbytes_of, grads), np.int64, len(grads))
+        except RuntimeError:
+            grad_bytes = None
+        if grad_bytes is not None and (group["state_dtype"] is None or not any(map(_is_complex, params))):
+            return params, grads, grad_bytes
         for param, grad in zip(params, grads, strict=True):
             if grad.is_sparse:
                 if not self.supports_sparse:
@@ -246,7 +259,7 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{self.torch_name}: sparse gradients of complex params are not supported")
             if param.is_complex() and group["state_dtype"] is not None:
                 raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (not supported for complex params)")
-        return params, grads, has_sparse
+        return params, grads, grad_bytes
 
     @staticmethod
     def _has_nonfinite_gradient(work: list[_GroupStep]) -> bool:
@@ -258,26 +271,17 @@ class Optimizer(torch.optim.Optimizer):
                     finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
         return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
-    def _update_group(self, work: _GroupStep, grad_scale: Any) -> bool:
-        """Advance the group's step counters and run the backend; whether the group's plan was rebuilt here.
+    def _update_group(self, work: _GroupStep, grad_scale: Any) -> None:
+        """Advance the group's step counters and run the backend.
 
         The per-param work that does not change from step to step (state lookups and creation, which params
         are complex or DTensors, the state tensor lists, the backend's prepared tables) lives in the group's
         `_Plan`, which `step` checked or rebuilt (`work.fresh`: which params' state that rebuild created).
         """
-        group, rule, hyperparameters, backend = work.group, work.rule, work.hyperparameters, work.backend
+        rule, hyperparameters, backend = work.rule, work.hyperparameters, work.backend
         params, grads, has_sparse, plan = work.params, work.grads, work.has_sparse, work.plan
         dtypes = work.dtypes
-        valid = True
-        counter_pointers = plan.counter_pointers
-        if counter_pointers is not None:
-            # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
-            counter_pointers = np.fromiter(map(_data_ptr, plan.counters), np.int64, len(params))
-            valid = np.array_equal(counter_pointers, plan.counter_pointers)
-        if not valid:
-            plan, _ = self._build_plan(group, rule, hyperparameters, params, dtypes, backend)
-            self._plans[work.index] = plan
-            counter_pointers = plan.counter_pointers
+        counter_pointers = plan.counter_pointers  # where they are: `step` checked (`_Plan.state_fits`)
         steps: float | list[float]
         if not self.counts_steps:
             # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
@@ -324,7 +328,6 @@ class Optimizer(torch.optim.Optimizer):
                 if backend_grads[i].is_sparse:
                     self._sparse_update(rule, hyperparameters, backend, coefficients, backend_params[i],
                                         backend_grads[i], tensors[i], grad_scale)
-        return not valid
 
     def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
                     params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...],
@@ -573,43 +576,49 @@ class _Plan:
         self.tensors = tensors
         #: the backend's tables for these tensors (`backend.prepare`), or None: call `backend.step`
         self.prepared = prepared
-        #: the state tensors the prepared tables point into, and their addresses
-        self.flat_state = list(itertools.chain.from_iterable(tensors)) if prepared is not None else []
-        self.state_pointers = np.fromiter(map(_data_ptr, self.flat_state), np.int64, len(self.flat_state))
-        self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
-            params if not special else (), self.flat_state)]
         self.counters = counters
         #: the counters' data pointers when `_counter_kernel` can advance them all, else None
         self.counter_pointers = counter_pointers
+        # The tensors written through recorded pointers, each param's together (they were created together, so
+        # they lie together in memory: one pass over them touches each region once), and their addresses.
+        watched = tensors if prepared is not None else [[] for _ in params]
+        if counter_pointers is not None:
+            watched = [[counter, *state] for counter, state in zip(counters, watched, strict=True)]
+        self.watched = list(itertools.chain.from_iterable(watched))
+        self.watched_pointers = np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched))
+        self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
+            params if not special else (), self.watched)]
         self.state_objects: list[Any] = []
         self.state_ids: tuple[int, ...] | None = None
 
     def fits(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
-             grads: list[torch.Tensor], dtypes: tuple[torch.dtype, ...], has_sparse: bool) -> bool:
-        """Whether these params of `group` and their gradients still run on this plan as they are: the same
-        params, dtypes and data pointers (sizes, devices and layouts then follow), gradients as large."""
+             grads: list[torch.Tensor], grad_bytes: np.ndarray | None) -> bool:
+        """Whether these params of `group` and their gradients (of `grad_bytes` bytes each; None: some are
+        sparse) still run on this plan as they are: the same params at the same data pointers (their dtypes,
+        sizes, devices and layouts then follow), gradients of their byte counts."""
         if not (self.group is group and self.rule is rule and self.backend_name == group["backend"]
-                and self.active == rule.active_state(hyperparameters) and self.dtypes == dtypes
-                and self.param_ids == tuple(map(id, params))):
+                and self.active == rule.active_state(hyperparameters) and self.param_ids == tuple(map(id, params))):
             return False
         count = len(params)
         if self.special:
-            return (self.signature == _Signature.of(params) and tuple(map(_dtype_of, grads)) == dtypes
+            return (tuple(map(_dtype_of, params)) == self.dtypes and self.signature == _Signature.of(params)
+                    and tuple(map(_dtype_of, grads)) == self.dtypes
                     and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), self.signature.numels)
                     and tuple(map(_get_device, grads)) == self.signature.devices)
         if not np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, count), self.param_pointers):
             return False
-        if has_sparse:
+        if grad_bytes is None:
             return all(grad.shape == param.shape and grad.dtype == param.dtype and grad.device == param.device
                        for param, grad in zip(params, grads, strict=True))
-        # A gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device).
-        return np.array_equal(np.fromiter(map(_nbytes_of, grads), np.int64, count), self.param_bytes)
+        # a gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device)
+        return np.array_equal(grad_bytes, self.param_bytes)
 
     def state_fits(self, state_ids: tuple[int, ...]) -> bool:
-        """Whether `optimizer.state` holds the same objects and the state tensors the prepared tables point into
-        are where they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
+        """Whether `optimizer.state` holds the same objects, and the step counters and state tensors written
+        through recorded pointers are where they were (`share_memory_()`, `.data = ...`, `set_` and a growing
+        `resize_` move them)."""
         return self.state_ids == state_ids and np.array_equal(
-            np.fromiter(map(_data_ptr, self.flat_state), np.int64, len(self.flat_state)), self.state_pointers)
+            np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched)), self.watched_pointers)
 
 
 @functools.cache
