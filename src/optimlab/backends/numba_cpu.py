@@ -18,9 +18,11 @@ coefficients enter as `optimlab.kernels.numba_scalars.Scalar`, which behaves lik
 `1 - beta2` is computed in float64 and cast to float32 only where it meets a tensor element. Division by
 zero gives ±inf/NaN as in torch (`error_model="numpy"`).
 
-Per step the Python work is three C-level passes over the tensor list (param and gradient data pointers,
-state identities), ≈ 0.2 µs per tensor; the pointer table, chunk table and state pointers are cached per
-param group and dropped as soon as any of its state tensors is freed.
+The pointer, size and chunk tables of a group (`_Layout`) are built once: `NumbaCPU.step` keeps the last few
+and checks on every call, by C-level passes over the tensors, that the params and state are still where the
+tables say, as large and of the same dtypes; the PyTorch front end gets its own (`NumbaCPU.prepare`) and
+checks them itself (docs/reliability.md). Per step the Python work is then two passes over the gradients
+(contiguity, data pointers).
 """
 
 from __future__ import annotations

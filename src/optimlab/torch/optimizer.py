@@ -6,6 +6,11 @@ float32 0-dim tensor as PyTorch keeps it), advance `step`, then hand the params,
 `rule.update`. Around that it does what `torch.optim` does: closures, step hooks (the base class wraps
 `step`), AMP's `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from
 `torch.optim`, plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
+
+What does not change from step to step is kept per group in a `_Plan`; before anything changes, every step
+checks that each plan still fits what the backend writes through (data pointers of params, step counters and
+state, gradients' sizes), and rebuilds it — choosing the backend again — or raises torch's error
+(docs/reliability.md).
 """
 
 from __future__ import annotations
