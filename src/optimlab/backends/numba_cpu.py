@@ -387,15 +387,12 @@ class _Layout:
         self.threads = 0
         self.splits: list[tuple[_Split, list[tuple[int, int]]]] = []
 
-    def fits(self, rule: Rule, active: tuple[str, ...], params: Sequence[torch.Tensor],
-             states: Sequence[Sequence[torch.Tensor]]) -> bool:
-        """Whether these params and state are what the tables describe: at the same addresses, as large, of
-        the same dtypes (C-level passes over the tensors)."""
+    def fits(self, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]]) -> bool:
+        """Whether these params (at the tables' data pointers) and state are what the tables describe: as
+        large, of the same dtypes, the state at the same addresses (C-level passes over the tensors)."""
         flat_states = list(itertools.chain.from_iterable(states))
         count = len(flat_states)
-        return (self.rule is rule and self.active == active and len(params) == len(self.sizes)
-                and count == len(self.state_pointers) and tuple(map(_dtype_of, params)) == self.param_dtypes
-                and np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, len(params)), self.param_pointers)
+        return (count == len(self.state_pointers) and tuple(map(_dtype_of, params)) == self.param_dtypes
                 and np.array_equal(np.fromiter(map(_numel, params), np.int64, len(params)), self.sizes)
                 and np.array_equal(np.fromiter(map(_data_ptr, flat_states), np.int64, count), self.state_pointers)
                 and np.array_equal(np.fromiter(map(_nbytes_of, flat_states), np.int64, count), self.state_bytes))
@@ -582,18 +579,18 @@ class NumbaCPU:
         if len(grads) != len(params):
             raise ValueError(f"numba: {len(params)} params and {len(grads)} gradients")
         count = len(params)
-        if not (tuple(map(_dtype_of, grads)) == tuple(map(_dtype_of, params)) and all(map(_is_cpu, grads))
-                and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count),
-                                   np.fromiter(map(_numel, params), np.int64, count))):
+        param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
+        layout = next((layout for layout in reversed(self._layouts) if layout.rule is rule
+                       and layout.active == active and np.array_equal(layout.param_pointers, param_pointers)), None)
+        if layout is None or not layout.fits(params, states):
+            layout = _Layout(rule, params, states, active)
+            self._layouts = [*self._layouts[1 - self.LAYOUTS_KEPT:], layout]
+        if not (tuple(map(_dtype_of, grads)) == layout.param_dtypes and all(map(_is_cpu, grads))
+                and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), layout.sizes)):
             for param, grad in zip(params, grads, strict=True):
                 if grad.numel() != param.numel() or grad.dtype != param.dtype or grad.device != param.device:
                     raise ValueError(f"numba: a gradient of {grad.numel()} {grad.dtype} elements on {grad.device} "
                                      f"for a param of {param.numel()} {param.dtype} on {param.device}")
-        layout = next((layout for layout in reversed(self._layouts) if layout.fits(rule, active, params, states)),
-                      None)
-        if layout is None:
-            layout = _Layout(rule, params, states, active)
-            self._layouts = [*self._layouts[1 - self.LAYOUTS_KEPT:], layout]
         layout.step(coefficients, grads, grad_scale)
 
 
