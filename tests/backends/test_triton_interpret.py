@@ -256,3 +256,16 @@ def test_float64_compiles_to_exact_float64_arithmetic():
 def test_unaligned_tensors_compile_without_vector_hints():
     rule, _ = OPTIMIZERS["adam"]
     assert "ld.global.v4" not in triton_gpu.ptx(rule, rule.defaults(), aligned=False)
+
+
+def test_state_that_no_longer_fits_its_param_is_refused_before_anything_changes():
+    """A state tensor replaced by a smaller one after a step: the kernel wrote the param's size into it."""
+    rule, hyper, params, states, generator = _setup("adam", sizes=(1000, 5))
+    backend = triton_gpu.TritonBackend()
+    grads = [torch.randn(param.shape, generator=generator) for param in params]
+    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    states[0][1].data = torch.zeros(10)
+    before = [tensor.clone() for tensor in params]
+    with pytest.raises(ValueError, match=r"param 0 has 1000 elements, its gradient and state \[1000, 1000, 10\]"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, grads, states)
+    assert all(torch.equal(param, saved) for param, saved in zip(params, before, strict=True))

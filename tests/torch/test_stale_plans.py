@@ -125,9 +125,25 @@ def gradient_resized_through_data(backend: str) -> None:
     assert_unchanged(before, params, optimizer)
 
 
+def state_shrunk_through_data(backend: str) -> None:
+    """A state tensor replaced by a smaller one: torch raises a size mismatch; the fused backend wrote past it."""
+    reference_params, reference, params, optimizer = twins(backend, sizes=((1000,), (5,)))
+    reference.step()
+    optimizer.step()
+    for each, param in ((reference, reference_params[0]), (optimizer, params[0])):
+        each.state[param]["exp_avg_sq"].data = torch.zeros(10)
+    with pytest.raises(RuntimeError, match="size"):
+        reference.step()
+    before = snapshot(params, optimizer)
+    with pytest.raises(RuntimeError, match="size of param 0 of its group .* its state 'exp_avg_sq' \\(10,\\)"):
+        optimizer.step()
+    assert_unchanged(before, params, optimizer)
+
+
 CHILD_SCENARIOS: dict[str, Callable[[str], None]] = {
     function.__name__: function for function in (state_shared_after_a_step, state_data_replaced_after_a_step,
-                                                 param_grown_after_its_state_exists, gradient_resized_through_data)}
+                                                 param_grown_after_its_state_exists, gradient_resized_through_data,
+                                                 state_shrunk_through_data)}
 
 
 @pytest.fixture(scope="module")

@@ -414,6 +414,9 @@ class TritonBackend:
         groups: dict[tuple, list[int]] = {}
         device = params[0].device
         for index, tensors in enumerate(zip(params, grads, *columns, strict=True)):
+            if any(tensor.numel() != numels[index] for tensor in tensors):
+                raise ValueError(f"param {index} has {numels[index]} elements, its gradient and state "
+                                 f"{[tensor.numel() for tensor in tensors[1:]]}")
             if any(tensor.device != device for tensor in tensors):
                 raise ValueError(f"the triton backend needs every tensor on {device}")
             if not all(tensor.is_contiguous() for tensor in tensors):

@@ -611,9 +611,11 @@ class _Plan:
         self.counters = counters
         #: the counters' data pointers when `_counter_kernel` can advance them all, else None
         self.counter_pointers = counter_pointers
-        # The tensors written through recorded pointers, each param's together (they were created together, so
-        # they lie together in memory: one pass over them touches each region once), and their addresses.
-        watched = tensors if prepared is not None else [[] for _ in params]
+        # The step counters and state tensors, each param's together (they were created together, so they lie
+        # together in memory: one pass over them touches each region once), and their addresses: the prepared
+        # tables and the counter loop write through these, and a backend called with the tensors must not be
+        # handed state that no longer fits its param (checked, before anything changes, when one moved).
+        watched = tensors if not special else [[] for _ in params]
         if counter_pointers is not None:
             watched = [[counter, *state] for counter, state in zip(counters, watched, strict=True)]
         self.watched = list(itertools.chain.from_iterable(watched))
@@ -646,9 +648,8 @@ class _Plan:
         return np.array_equal(grad_bytes, self.param_bytes)
 
     def state_fits(self, state_ids: tuple[int, ...]) -> bool:
-        """Whether `optimizer.state` holds the same objects, and the step counters and state tensors written
-        through recorded pointers are where they were (`share_memory_()`, `.data = ...`, `set_` and a growing
-        `resize_` move them)."""
+        """Whether `optimizer.state` holds the same objects, and the step counters and state tensors are where
+        they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
         return self.state_ids == state_ids and np.array_equal(
             np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched)), self.watched_pointers)
 
