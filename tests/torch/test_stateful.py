@@ -1,9 +1,10 @@
 """A stateful property test: steps interleaved with legal but unusual operations, against a `torch.optim` twin.
 
 Hypothesis drives an optimlab optimizer and the same `torch.optim` one through the same sequence: steps with
-gradients (some corrupted through `param.grad.data = ...`), `share_memory_()` and `.data` swaps of the state,
-params grown through `param.data = ...` (with or without dropping their state), params converted to another
-dtype (with their gradient and state, as a checkpoint conversion would), a param made non-contiguous,
+gradients (some corrupted through `param.grad.data = ...`), `share_memory_()` and `.data` swaps (of the same
+or a smaller size) of the state, params grown through `param.data = ...` (with or without dropping their
+state), params converted to another dtype (with their gradient and state, as a checkpoint conversion would),
+a param made non-contiguous,
 `zero_grad(set_to_none=...)`, `load_state_dict` round trips, `add_param_group`, and step pre-hooks that raise.
 After every step: neither crashed; params and state equal torch.optim's, or both raised the same error and
 optimlab changed nothing (torch may have updated the params before the bad one: its twin is restored).
@@ -176,6 +177,19 @@ class Twins(RuleBasedStateMachine):
         self.check_step()
 
     @rule(index=st.integers(0, 2))
+    def shrink_state_data(self, index):
+        """A state tensor replaced through `.data = ...` by a smaller one: a size mismatch in both until the
+        param's state is dropped."""
+        for state in self.state_pairs(index):
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    value.data = torch.zeros(2, dtype=value.dtype)
+        self.check_step()
+        for param, optimizer in zip(self.pairs()[index], (self.theirs, self.ours), strict=True):
+            optimizer.state.pop(param, None)
+        self.check_step()
+
+    @rule(index=st.integers(0, 2))
     def convert_dtype(self, index):
         """A param, its gradient and its state converted together (as a checkpoint conversion would)."""
         dtype = torch.float64 if self.their_params[index].dtype == torch.float32 else torch.float32
@@ -252,6 +266,6 @@ def test_steps_between_unusual_operations_match_torch(backend, variant):
         pass
 
     Machine.backend = "auto" if variant == "auto" else backend
-    run_state_machine_as_test(Machine, settings=settings(max_examples=12, stateful_step_count=10, deadline=None,
+    run_state_machine_as_test(Machine, settings=settings(max_examples=25, stateful_step_count=10, deadline=None,
                                                          suppress_health_check=list(HealthCheck),
                                                          derandomize=True))
