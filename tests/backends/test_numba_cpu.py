@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import tokenize
+import weakref
 
 import numpy as np
 import pytest
@@ -210,13 +211,41 @@ def test_work_is_shared_in_pieces_of_equal_size():
     assert numba_cpu._pieces(np.array([100] * 5), threads=2) == [(0, 5)]  # small: one piece, no helpers
 
 
-def test_freed_state_drops_the_cached_pointer_table():
-    rule, hyper, params, states, generator = _setup("adam", sizes=(10,))
+def test_cached_tables_follow_moved_state_and_keep_no_tensor_alive():
+    """`share_memory_()` moves a state tensor's storage after the tables were built: the next step must write
+    to the new place (it wrote through the freed pointer before), and the tables hold no tensor."""
+    rule, hyper, params, states, generator = _setup("adam", sizes=(10, 20))
     backend = numba_cpu.NumbaCPU()
-    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, [torch.ones(10)], states)
-    assert len(backend._layouts) == 1
+    for step in (1, 2, 3):
+        if step == 2:
+            for tensor in states[0]:
+                tensor.share_memory_()
+        if step == 3:
+            states[1][1].data = states[1][1].clone()
+        grads = [torch.randn(param.shape, generator=generator) for param in params]
+        expected_params, expected_states = reference(rule, hyper, params, grads, states, step)
+        backend.step(rule, hyper, rule.coefficients(step, **hyper), params, grads, states)
+        _assert_close(params, expected_params, rtol=1e-5, atol=1e-6)
+        _assert_close(sum(states, []), sum(expected_states, []), rtol=1e-5, atol=1e-6)
+    watcher = weakref.ref(states[0][0])
     del states
-    assert len(backend._layouts) == 0
+    assert watcher() is None
+
+
+def test_a_gradient_or_state_of_another_size_is_refused_before_anything_changes():
+    rule, hyper, params, states, generator = _setup("adam", sizes=(10, 20))
+    backend = numba_cpu.NumbaCPU()
+    grads = [torch.randn(param.shape, generator=generator) for param in params]
+    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    before = [tensor.clone() for tensor in params + sum(states, [])]
+    with pytest.raises(ValueError, match="gradient of 5 torch.float32 elements"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, [grads[0], torch.ones(5)], states)
+    with pytest.raises(ValueError, match="gradient of 10 torch.float64"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, [grads[0].double(), grads[1]], states)
+    states[1][0].data = torch.zeros(5)  # a smaller state tensor, maybe where a freed one was
+    with pytest.raises(ValueError, match="param 1 has 20 elements, its state 5"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, grads, states)
+    assert all(torch.equal(a, b) for a, b in zip(params + sum(states, [])[:2], before, strict=False))
 
 
 def test_the_kernel_is_the_rules_own_code_and_the_driver_holds_no_math():

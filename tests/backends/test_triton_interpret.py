@@ -173,7 +173,8 @@ def test_kernels_run_the_rules_own_code():
     rule, hyper, params, states, generator = _setup("rmsprop-centered")
     backend = triton_gpu.TritonBackend()
     backend.step(rule, hyper, rule.coefficients(1, **hyper), params, [torch.ones_like(p) for p in params], states)
-    (update,) = backend._updates.values()
+    ((held_rule, update),) = backend._updates.values()
+    assert held_rule is rule  # the entry keeps its rule alive: its id() key cannot be another rule's
     assert getattr(update, "fn", update).__code__ is rule.update.__code__  # a JITFunction on a GPU
 
 
@@ -270,3 +271,16 @@ def test_a_reducing_rule_compiles_for_a_gpu(stage):
     """LAMB's reduce kernel (row sums by `tl.reduce`) and its update kernel (per-tensor trust ratio loads)."""
     rule, _ = OPTIMIZERS["lamb"]
     assert "ld.global.v4.b32" in triton_gpu.ptx(rule, rule.defaults(weight_decay=0.1), stage=stage)
+
+
+def test_state_that_no_longer_fits_its_param_is_refused_before_anything_changes():
+    """A state tensor replaced by a smaller one after a step: the kernel wrote the param's size into it."""
+    rule, hyper, params, states, generator = _setup("adam", sizes=(1000, 5))
+    backend = triton_gpu.TritonBackend()
+    grads = [torch.randn(param.shape, generator=generator) for param in params]
+    backend.step(rule, hyper, rule.coefficients(1, **hyper), params, grads, states)
+    states[0][1].data = torch.zeros(10)
+    before = [tensor.clone() for tensor in params]
+    with pytest.raises(ValueError, match=r"param 0 has 1000 elements, its gradient and state \[1000, 1000, 10\]"):
+        backend.step(rule, hyper, rule.coefficients(2, **hyper), params, grads, states)
+    assert all(torch.equal(param, saved) for param, saved in zip(params, before, strict=True))

@@ -24,6 +24,13 @@ Optionally, `step_counters(counters)` takes the params' `step` tensors and retur
 them faster than the front end's portable `optimlab.torch._counters.StepCounters` (one `torch._foreach_add_`),
 with its three methods and semantics — `moved()`, `next_counts()`, `advance()` — or None to decline.
 
+A backend that caches data pointers between calls checks on every call that the tensors are still where
+they were, as large (`state.share_memory_()` or `param.data = ...` move them) and keys nothing on the
+`id()` of an object that may be freed. It may also offer `prepare(rule, hyperparameters, params, states)`,
+tables whose `step(coefficients, grads, grad_scale)` runs them without those checks: the PyTorch front end
+uses it and checks every step itself that params and state are at the same data pointers and gradients of
+the params' sizes (docs/reliability.md).
+
 `supports(...)` returns None when the backend can take the work, else a one-line reason; `backend="auto"`
 picks the first registered backend that supports it, and an explicitly named backend that cannot raises
 that reason as an error. `resolve(name, rule, hyperparameters, params, state_dtype)` makes that choice.

@@ -19,9 +19,11 @@ coefficients enter as `optimlab.kernels.numba_scalars.Scalar`, which behaves lik
 `1 - beta2` is computed in float64 and cast to float32 only where it meets a tensor element. Division by
 zero gives ±inf/NaN as in torch (`error_model="numpy"`).
 
-Per step the Python work is three C-level passes over the tensor list (param and gradient data pointers,
-state identities), ≈ 0.2 µs per tensor; the pointer table, chunk table and state pointers are cached per
-param group and dropped as soon as any of its state tensors is freed.
+The pointer, size and chunk tables of a group (`_Layout`) are built once: `NumbaCPU.step` keeps the last few
+and checks on every call, by C-level passes over the tensors, that the params and state are still where the
+tables say, as large and of the same dtypes; the PyTorch front end gets its own (`NumbaCPU.prepare`) and
+checks them itself (docs/reliability.md). Per step the Python work is then two passes over the gradients
+(contiguity, data pointers).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import functools
 import hashlib
 import itertools
 import linecache
+import operator
 import os
 import queue
 import sys
@@ -415,28 +418,44 @@ class _Layout:
     """Everything about a param group that does not change between steps: sizes, chunks, state pointers.
 
     Params are split by (param dtype, state dtype), one driver launch each; a group has one split normally.
+    The tables hold the state tensors' data pointers and the params' sizes: a layout is valid only while the
+    state tensors stay where they were (`share_memory_()` and `state.data = ...` move them) and the params,
+    gradients and state keep their sizes and dtypes. `NumbaCPU.step` checks that on every call (`fits`);
+    the PyTorch front end checks it itself and calls `step` on the layout `NumbaCPU.prepare` made. A layout
+    holds no tensor: nothing of it outlives a freed tensor or is found again through a reused `id()`.
     """
 
     def __init__(self, rule: Rule, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]],
-                 active: tuple[str, ...], param_pointers: np.ndarray, threads: int, on_free: Any) -> None:
+                 active: tuple[str, ...]) -> None:
+        if len(states) != len(params) or any(len(state) != len(active) for state in states):
+            raise ValueError(f"numba: {rule.name} expects state tensors {active} per param")
+        self.rule = rule
         self.active = active
-        self.param_pointers = param_pointers
         flat_states = list(itertools.chain.from_iterable(states))
-        self.state_ids = tuple(map(id, flat_states))
-        # a freed param or state tensor (optimizer deleted, state reloaded) drops this layout, so an id in
-        # `state_ids` can never belong to another tensor while the layout is cached
-        self._watchers = [weakref.ref(tensor, on_free) for tensor in itertools.chain(params, flat_states)]
+        self.param_dtypes = tuple(param.dtype for param in params)
+        self.sizes = np.array([param.numel() for param in params], dtype=np.int64)
+        self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, len(params))
+        self.state_pointers = np.fromiter(map(_data_ptr, flat_states), np.int64, len(flat_states))
+        self.state_bytes = np.fromiter(map(_nbytes_of, flat_states), np.int64, len(flat_states))
         used = tuple(name in active for name in rule.state_names)
         by_kinds: dict[tuple[str, str], list[int]] = {}
         for index, (param, state) in enumerate(zip(params, states, strict=True)):
+            for tensor in (param, *state):
+                if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.dtype not in _DTYPES \
+                        or not tensor.is_contiguous():
+                    raise ValueError(f"numba: cannot run a {param.dtype} param on {param.device} with state "
+                                     f"{[(str(t.dtype), str(t.device)) for t in state]} (dense, contiguous CPU "
+                                     "float32/float64/bfloat16 tensors only); use backend='eager'")
+                if tensor.numel() != param.numel():
+                    raise ValueError(f"numba: param {index} has {param.numel()} elements, its state "
+                                     f"{tensor.numel()}")
             state_dtype = state[0].dtype if len(state) else param.dtype
-            if param.dtype not in _DTYPES or state_dtype not in _DTYPES or not param.is_contiguous():
-                raise ValueError(f"numba: cannot run a {param.dtype} param with {state_dtype} state "
-                                 f"(contiguous: {param.is_contiguous()}); use backend='eager'")
+            if any(tensor.dtype != state_dtype for tensor in state):
+                raise ValueError(f"numba: param {index}'s state tensors have different dtypes")
             by_kinds.setdefault((_DTYPES[param.dtype], _DTYPES[state_dtype]), []).append(index)
-        self.splits = []
+        self._splits = []
         for (param_kind, state_kind), indices in by_kinds.items():
-            sizes = np.array([params[i].numel() for i in indices], dtype=np.int64)
+            sizes = self.sizes[indices]
             state_pointers = np.zeros((len(rule.state_names), len(indices)), dtype=np.int64)
             for column, i in enumerate(indices):
                 for name, tensor in zip(active, states[i], strict=True):
@@ -447,10 +466,91 @@ class _Layout:
             chunk_start = (np.arange(len(chunk_tensor), dtype=np.int64) - first_chunk) * CHUNK
             chunk_stop = np.minimum(chunk_start + CHUNK, sizes[chunk_tensor])
             selection = None if len(indices) == len(params) else np.array(indices, dtype=np.int64)
-            self.splits.append(_Split(param_kind, state_kind, used, selection,
-                                      (state_pointers, sizes, chunk_tensor, chunk_start, chunk_stop),
-                                      _pieces(chunk_stop - chunk_start, threads)))
-        self.threads = threads
+            self._splits.append(_Split(param_kind, state_kind, used, selection,
+                                       (state_pointers, sizes, chunk_tensor, chunk_start, chunk_stop),
+                                       chunk_stop - chunk_start))
+        self.threads = 0
+        self.splits: list[tuple[_Split, list[tuple[int, int]]]] = []
+
+    def fits(self, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]]) -> bool:
+        """Whether these params (at the tables' data pointers) and state are what the tables describe: as
+        large, of the same dtypes, the state at the same addresses (C-level passes over the tensors)."""
+        flat_states = list(itertools.chain.from_iterable(states))
+        count = len(flat_states)
+        return (count == len(self.state_pointers) and tuple(map(_dtype_of, params)) == self.param_dtypes
+                and np.array_equal(np.fromiter(map(_numel, params), np.int64, len(params)), self.sizes)
+                and np.array_equal(np.fromiter(map(_data_ptr, flat_states), np.int64, count), self.state_pointers)
+                and np.array_equal(np.fromiter(map(_nbytes_of, flat_states), np.int64, count), self.state_bytes))
+
+    def step(self, coefficients: Mapping[str, Any], grads: Sequence[torch.Tensor], grad_scale: Any = None,
+             all_reduce: Any = None) -> None:
+        """One fused, in-place pass over the params and state the tables describe, with `grads` of the params'
+        sizes and dtypes (the caller checked); their data pointers are read here, on every call. A rule with
+        reductions first runs its reduce pass over the same chunks (`tensor_coefficients`)."""
+        if torch.cuda.is_initialized() and not all(map(_is_cpu, grads)):
+            raise ValueError("numba: every gradient must be a CPU tensor")
+        if not all(map(_is_contiguous, grads)):
+            grads = [grad.contiguous() for grad in grads]
+        grad_pointers = np.fromiter(map(_data_ptr, grads), np.int64, len(grads))
+        if not np.all((grad_pointers != 0) | (self.sizes == 0)):
+            raise ValueError("numba: a gradient has no data (a meta tensor?)")
+        threads = torch.get_num_threads()  # as many threads as torch's own CPU kernels use
+        if threads != self.threads:
+            self.splits = [(split, _pieces(split.chunk_sizes, threads)) for split in self._splits]
+            self.threads = threads
+        rule = self.rule
+        flags = tuple((name, bool(coefficients[name])) for name in rule.flags)
+        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names if name not in rule.flags)
+        scale = 1.0 if grad_scale is None else float(grad_scale)
+        per_tensor = self.tensor_coefficients(grad_pointers, scale, scalars, flags, kinds, grad_scale is not None,
+                                              all_reduce) if rule.reductions else None
+        for index, (split, pieces) in enumerate(self.splits):
+            variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None, kinds)
+            run = _DRIVERS.get((rule, variant)) or driver(rule, variant)
+            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, *scalars,
+                         *(per_tensor[index] if per_tensor else ()))
+            if len(pieces) == 1:
+                run(*pieces[0], *arguments)
+            else:
+                _WORKERS.run(pieces, run, arguments, threads - 1)
+
+    def _pointers(self, split: _Split, grad_pointers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The split's params' and gradients' data pointers."""
+        if split.selection is None:
+            return self.param_pointers, grad_pointers
+        return self.param_pointers[split.selection], grad_pointers[split.selection]
+
+    def tensor_coefficients(self, grad_pointers: np.ndarray, scale: float, scalars: list[Any], flags: tuple,
+                            kinds: tuple[str, ...], has_grad_scale: bool, all_reduce: Any) -> list[list[np.ndarray]]:
+        """Stage (a): per-tensor sums of `rule.reduce`'s terms over the chunk table, `rule.finish`ed on the host.
+
+        Each chunk's sums (float64) go to a row of `partial`; rows add up per tensor (an empty tensor has no
+        chunk and sums to 0). `all_reduce` (the front end's, for DTensor shards) sees one row per param.
+        Returns, per split, one float64 array per tensor coefficient, indexed by the split's tensors.
+        """
+        rule = self.rule
+        sums = np.zeros((len(self.param_pointers), len(rule.reductions)))
+        for split, pieces in self.splits:
+            variant = Variant(split.param_kind, split.state_kind, flags, split.used, has_grad_scale, kinds)
+            if (rule, variant) not in _REDUCERS:
+                driver(rule, variant)
+            chunk_tensor = split.tables[2]
+            partial = np.zeros((len(chunk_tensor), len(rule.reductions)))
+            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, partial, *scalars)
+            if len(pieces) == 1:  # each chunk writes its own row of `partial`: pieces may run in parallel
+                _REDUCERS[rule, variant](*pieces[0], *arguments)
+            else:
+                _WORKERS.run(pieces, _REDUCERS[rule, variant], arguments, self.threads - 1)
+            split_sums = np.zeros((len(split.tables[1]), len(rule.reductions)))
+            np.add.at(split_sums, chunk_tensor, partial)
+            sums[slice(None) if split.selection is None else split.selection] = split_sums
+        if all_reduce is not None:
+            sums = all_reduce(torch.from_numpy(sums)).numpy()
+        finished = rule.finish(*sums.T)
+        columns = [np.broadcast_to(np.asarray(finished[name], dtype=np.float64), len(sums))
+                   for name in rule.tensor_coefficients]
+        return [[np.ascontiguousarray(column if split.selection is None else column[split.selection])
+                 for column in columns] for split, _ in self.splits]
 
 
 class _Split(NamedTuple):
@@ -459,7 +559,7 @@ class _Split(NamedTuple):
     used: tuple[bool, ...]
     selection: np.ndarray | None
     tables: tuple[np.ndarray, ...]
-    pieces: list[tuple[int, int]]
+    chunk_sizes: np.ndarray
 
 
 def _pieces(chunk_sizes: np.ndarray, threads: int) -> list[tuple[int, int]]:
@@ -612,6 +712,10 @@ def _scalars(values: Any) -> tuple[list[Any], tuple[str, ...]]:
 
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
+_numel = torch.Tensor.numel
+_dtype_of = operator.attrgetter("dtype")
+_nbytes_of = operator.attrgetter("nbytes")
+_is_cpu = operator.attrgetter("is_cpu")
 
 
 # --- step counters ---------------------------------------------------------------------------------------
@@ -680,23 +784,21 @@ class NumbaCPU:
 
     name = "numba"
 
+    #: Layouts `step` keeps for callers of the plain contract, most recent last (one per param group).
+    LAYOUTS_KEPT = 8
+
     def __init__(self) -> None:
-        self._layouts: dict[tuple[int, ...], _Layout] = {}
-        self._supported: tuple[int, ...] = ()
+        self._layouts: list[_Layout] = []
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
         """None if every param is a dense, contiguous CPU float32/float64/bfloat16 tensor.
 
-        The front end asks before every step; the same params as last time (by identity) are answered from
-        memory, so the question costs ~25 ns per tensor instead of ~2 µs. (A param whose `.data` was replaced
-        by something unsupported since is still caught: `step` re-reads dtypes when pointers change.)
+        The PyTorch front end asks when it (re)builds a group's plan: on the first step, and when a param's
+        dtype, shape, device or layout changed since (it checks those every step).
         """
         if state_dtype is not None and state_dtype not in _DTYPES:
             return f"numba: state dtype {state_dtype} not supported (float32, float64, bfloat16)"
-        identities = tuple(map(id, params))
-        if identities == self._supported:
-            return None
         for param in params:
             if not isinstance(param, torch.Tensor):
                 return f"numba: expected torch tensors, got {type(param).__name__}"
@@ -708,8 +810,17 @@ class NumbaCPU:
                 return f"numba: dtype {param.dtype} not supported (float32, float64, bfloat16)"
             if not param.is_contiguous():
                 return "numba: contiguous tensors only"
-        self._supported = identities
         return None
+
+    def prepare(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[torch.Tensor],
+                states: Sequence[Sequence[torch.Tensor]]) -> _Layout:
+        """The tables for these params and state, whose `step(coefficients, grads, grad_scale)` runs them.
+
+        They hold the params' and state tensors' data pointers and sizes: valid while every one of those
+        tensors is where it was, as large and of the same dtype, and the gradients have the params' sizes and
+        dtypes (what `_Layout.fits` checks), which the caller checks before each `step`.
+        """
+        return _Layout(rule, params, states, rule.active_state(hyperparameters))
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
@@ -717,93 +828,29 @@ class NumbaCPU:
              all_reduce: Any = None) -> None:
         """One fused, in-place pass of `rule.update` over the whole group (one launch per dtype pair).
 
-        A rule with reductions first runs its reduce pass over the same chunks (see `_tensor_coefficients`).
+        A rule with reductions first runs its reduce pass over the same chunks (`_Layout.tensor_coefficients`).
+        Checks what it writes through on every call: the tables of the last few groups are reused while their
+        state tensors are where they were, as large, and params and gradients have the tables' sizes and dtypes.
         """
-        count = len(params)
-        if count == 0:
+        if not params:
             return
-        if not all(map(_is_contiguous, grads)):
-            grads = [grad.contiguous() for grad in grads]
-        param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
-        grad_pointers = np.fromiter(map(_data_ptr, grads), np.int64, count)
-        layout = self._layout(rule, hyperparameters, params, states, param_pointers)
-        flags = tuple((name, bool(coefficients[name])) for name in rule.flags)
-        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names if name not in rule.flags)
-        scale = 1.0 if grad_scale is None else float(grad_scale)
-        per_tensor = self._tensor_coefficients(rule, layout, param_pointers, grad_pointers, scale, scalars, flags,
-                                               kinds, grad_scale is not None, all_reduce) if rule.reductions else None
-        for index, split in enumerate(layout.splits):
-            variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None, kinds)
-            run = _DRIVERS.get((rule, variant)) or driver(rule, variant)
-            selection = split.selection
-            arguments = (param_pointers if selection is None else param_pointers[selection],
-                         grad_pointers if selection is None else grad_pointers[selection],
-                         *split.tables, scale, *scalars, *(per_tensor[index] if per_tensor else ()))
-            if len(split.pieces) == 1:
-                run(*split.pieces[0], *arguments)
-            else:
-                _WORKERS.run(split.pieces, run, arguments, layout.threads - 1)
-
-    @staticmethod
-    def _tensor_coefficients(rule: Rule, layout: _Layout, param_pointers: np.ndarray, grad_pointers: np.ndarray,
-                             scale: float, scalars: list[Any], flags: tuple, kinds: tuple[str, ...],
-                             has_grad_scale: bool, all_reduce: Any) -> list[list[np.ndarray]]:
-        """Stage (a): per-tensor sums of `rule.reduce`'s terms over the chunk table, `rule.finish`ed on the host.
-
-        Each chunk's sums (float64) go to a row of `partial`; rows add up per tensor (an empty tensor has no
-        chunk and sums to 0). `all_reduce` (the front end's, for DTensor shards) sees one row per param.
-        Returns, per split, one float64 array per tensor coefficient, indexed by the split's tensors.
-        """
-        sums = np.zeros((len(param_pointers), len(rule.reductions)))
-        for split in layout.splits:
-            variant = Variant(split.param_kind, split.state_kind, flags, split.used, has_grad_scale, kinds)
-            if (rule, variant) not in _REDUCERS:
-                driver(rule, variant)
-            selection = split.selection
-            chunk_tensor = split.tables[2]
-            partial = np.zeros((len(chunk_tensor), len(rule.reductions)))
-            arguments = (param_pointers if selection is None else param_pointers[selection],
-                         grad_pointers if selection is None else grad_pointers[selection],
-                         *split.tables, scale, partial, *scalars)
-            if len(split.pieces) == 1:  # each chunk writes its own row of `partial`: pieces may run in parallel
-                _REDUCERS[rule, variant](*split.pieces[0], *arguments)
-            else:
-                _WORKERS.run(split.pieces, _REDUCERS[rule, variant], arguments, layout.threads - 1)
-            split_sums = np.zeros((len(split.tables[1]), len(rule.reductions)))
-            np.add.at(split_sums, chunk_tensor, partial)
-            sums[slice(None) if selection is None else selection] = split_sums
-        if all_reduce is not None:
-            sums = all_reduce(torch.from_numpy(sums)).numpy()
-        finished = rule.finish(*sums.T)
-        columns = [np.broadcast_to(np.asarray(finished[name], dtype=np.float64), len(sums))
-                   for name in rule.tensor_coefficients]
-        return [[np.ascontiguousarray(column if split.selection is None else column[split.selection])
-                 for column in columns] for split in layout.splits]
-
-    def _layout(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[torch.Tensor],
-                states: Sequence[Sequence[torch.Tensor]], param_pointers: np.ndarray) -> _Layout:
         active = rule.active_state(hyperparameters)
-        threads = torch.get_num_threads()  # as many threads as torch's own CPU kernels use
-        first_state = states[0][0] if len(states[0]) else None
-        key = (rule, id(params[0]), id(first_state), len(params))
-        layout = self._layouts.get(key)
-        if (layout is not None and layout.active == active and layout.threads == threads
-                and np.array_equal(layout.param_pointers, param_pointers)
-                and layout.state_ids == tuple(map(id, itertools.chain.from_iterable(states)))):
-            return layout
-        if any(len(state) != len(active) for state in states):
-            raise ValueError(f"numba: {rule.name} expects state tensors {active} per param")
-        self._layouts.pop(key, None)
-        layouts, token = self._layouts, object()
-
-        def on_free(_reference: Any) -> None:
-            if getattr(layouts.get(key), "token", None) is token:
-                del layouts[key]
-
-        layout = _Layout(rule, params, states, active, param_pointers, threads, on_free)
-        layout.token = token
-        self._layouts[key] = layout
-        return layout
+        if len(grads) != len(params):
+            raise ValueError(f"numba: {len(params)} params and {len(grads)} gradients")
+        count = len(params)
+        param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
+        layout = next((layout for layout in reversed(self._layouts) if layout.rule is rule
+                       and layout.active == active and np.array_equal(layout.param_pointers, param_pointers)), None)
+        if layout is None or not layout.fits(params, states):
+            layout = _Layout(rule, params, states, active)
+            self._layouts = [*self._layouts[1 - self.LAYOUTS_KEPT:], layout]
+        if not (tuple(map(_dtype_of, grads)) == layout.param_dtypes and all(map(_is_cpu, grads))
+                and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), layout.sizes)):
+            for param, grad in zip(params, grads, strict=True):
+                if grad.numel() != param.numel() or grad.dtype != param.dtype or grad.device != param.device:
+                    raise ValueError(f"numba: a gradient of {grad.numel()} {grad.dtype} elements on {grad.device} "
+                                     f"for a param of {param.numel()} {param.dtype} on {param.device}")
+        layout.step(coefficients, grads, grad_scale, all_reduce)
 
     def step_counters(self, counters: Sequence[torch.Tensor]) -> _StepCounters | None:
         """Compiled `step` counters when every one is a plain float32 CPU scalar, else None (the portable way)."""

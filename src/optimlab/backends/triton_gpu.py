@@ -342,9 +342,9 @@ def _group(dtypes: tuple[str, ...], indices: list[int] | None, numels: list[int]
 class _Plan:
     """The launches of one set of params and state; the address tables follow the gradients' addresses."""
 
-    def __init__(self, numels: list[int], fixed: list[list[int]], grad_dtypes: set[Any],
+    def __init__(self, numels: list[int], fixed: list[list[int]], dtypes: list[Any], grad_dtypes: set[Any],
                  groups: list[_Group]) -> None:
-        self.numels, self.fixed, self.grad_dtypes, self.groups = numels, fixed, grad_dtypes, groups
+        self.numels, self.fixed, self.dtypes, self.grad_dtypes, self.groups = numels, fixed, dtypes, grad_dtypes, groups
         self._grad_addresses: list[int] | None = None
         self._launches: list[tuple[_Group, Any, bool]] = []
 
@@ -425,7 +425,8 @@ class TritonBackend:
         numels = [param.numel() for param in params]
         fixed = [[param.data_ptr() for param in params], *([tensor.data_ptr() for tensor in column]
                                                           for column in columns)]
-        plan = self._plan(numels, fixed, active, params, grads, columns)
+        dtypes = [tensor.dtype for tensor in itertools.chain(params, *columns)]
+        plan = self._plan(numels, fixed, dtypes, active, params, grads, columns)
         # Autograd and `.grad` assignment give a gradient its param's dtype, device and shape; sizes and dtypes
         # are still checked on every step, since the gradients may be new tensors each time.
         if [grad.numel() for grad in grads] != numels or {grad.dtype for grad in grads} != plan.grad_dtypes:
@@ -485,26 +486,29 @@ class TritonBackend:
         return [[column if group.indices is None else column[group.indices] for column in columns]
                 for group, _, _ in launches]
 
-    def _plan(self, numels: list[int], fixed: list[list[int]], active: tuple[str, ...], params: Sequence[Any],
-              grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
-        """The launches for these params and state: rebuilt, and the tensors checked, when an address or size
-        changed (a tensor's dtype and layout cannot change while its address and size stay the same, short of
-        another tensor landing exactly there)."""
+    def _plan(self, numels: list[int], fixed: list[list[int]], dtypes: list[Any], active: tuple[str, ...],
+              params: Sequence[Any], grads: Sequence[Any], columns: Sequence[Sequence[Any]]) -> _Plan:
+        """The launches for these params and state: rebuilt, and the tensors checked, when an address, size or
+        dtype changed (a tensor's layout cannot change while its address and size stay the same, short of
+        another tensor landing exactly there, or an in-place view op)."""
         key = (len(fixed), len(numels), fixed[0][0], str(params[0].device), interpreting())
         cached = self._plans.get(key)
-        if cached is not None and cached.numels == numels and cached.fixed == fixed:
+        if cached is not None and cached.numels == numels and cached.fixed == fixed and cached.dtypes == dtypes:
             return cached
         if len(columns) != len(active):
             raise ValueError(f"expected {len(active)} state tensors per param ({', '.join(active)})")
         groups: dict[tuple, list[int]] = {}
         device = params[0].device
         for index, tensors in enumerate(zip(params, grads, *columns, strict=True)):
+            if any(tensor.numel() != numels[index] for tensor in tensors):
+                raise ValueError(f"param {index} has {numels[index]} elements, its gradient and state "
+                                 f"{[tensor.numel() for tensor in tensors[1:]]}")
             if any(tensor.device != device for tensor in tensors):
                 raise ValueError(f"the triton backend needs every tensor on {device}")
             if not all(tensor.is_contiguous() for tensor in tensors):
                 raise ValueError("the triton backend needs contiguous params and state")
             groups.setdefault(tuple(_tl_dtype(tensor.dtype) for tensor in tensors), []).append(index)
-        plan = _Plan(numels, fixed, {grad.dtype for grad in grads},
+        plan = _Plan(numels, fixed, dtypes, {grad.dtype for grad in grads},
                      [_group(dtypes, None if len(indices) == len(numels) else indices, numels, fixed, device)
                       for dtypes, indices in groups.items()])
         if len(self._plans) > 64:

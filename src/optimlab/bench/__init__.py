@@ -230,6 +230,10 @@ class OursRunner:
                                         dtype=case.state_dtype or param.dtype)
                         for name in self.rule.active_state(self.hyperparameters)] for param in self.params]
         self.backend = BACKENDS[backend]
+        # The tensors are this runner's and never move: the backend's prepared tables stay valid (see
+        # `optimlab.backends`), as they do for the PyTorch front end, which checks that every step.
+        prepare = getattr(self.backend, "prepare", None)
+        self.prepared = prepare(self.rule, self.hyperparameters, self.params, self.states) if prepare else None
         self.count = 0
 
     def state_bytes(self) -> int:
@@ -239,7 +243,10 @@ class OursRunner:
         self.count += 1
         coefficients = self.rule.coefficients(self.count, **self.hyperparameters)
         grads = [param.grad for param in self.params]
-        self.backend.step(self.rule, self.hyperparameters, coefficients, self.params, grads, self.states)
+        if self.prepared is not None:
+            self.prepared.step(coefficients, grads)
+        else:
+            self.backend.step(self.rule, self.hyperparameters, coefficients, self.params, grads, self.states)
 
 
 def torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:

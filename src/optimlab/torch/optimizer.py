@@ -7,10 +7,16 @@ which evaluates `rule.update`, and advance `step` once it returned (a failed ste
 that it does what `torch.optim` does: closures, step hooks (the base class wraps `step`), AMP's
 `grad_scale`/`found_inf`, sparse gradients (Adagrad), state dicts that load into and from `torch.optim`,
 plus optimlab's opt-ins `state_dtype` and `skip_nonfinite`.
+
+What does not change from step to step is kept per group in a `_Plan`; before anything changes, every step
+checks that each plan still fits what the backend writes through (data pointers of params, step counters and
+state, gradients' sizes), and rebuilds it — choosing the backend again — or raises torch's error
+(docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import math
@@ -18,8 +24,9 @@ import operator
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
 
@@ -38,10 +45,14 @@ OPTIMLAB_KEYS = ("eps_root", "backend", "state_dtype", "skip_nonfinite")
 # Per-tensor reads done by C-level `map` instead of Python loops: on 10,000 tensors a Python loop costs
 # milliseconds per step, a `map` a few hundred microseconds.
 _grad_of = operator.attrgetter("grad")
-_is_sparse = operator.attrgetter("is_sparse")
 _is_complex = torch.Tensor.is_complex
 _dtype_of = operator.attrgetter("dtype")
 _dtype_is_complex = operator.attrgetter("is_complex")
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_nbytes_of = operator.attrgetter("nbytes")
+_get_device = torch.Tensor.get_device
+_is_contiguous = torch.Tensor.is_contiguous
 
 
 def load_optional_backends() -> list[str]:
@@ -134,34 +145,74 @@ class Optimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if isinstance(grad_scale, torch.Tensor):
             grad_scale = grad_scale.reshape(())
-        # Everything that can fail (sparse gradients, the backend's choice) is checked before anything changes.
-        work = []
+        # Everything that can fail (sparse gradients, gradients or state that do not fit their params, the
+        # backend's choice) is checked for every group before anything changes.
+        work: list[_GroupStep] = []
         for index, group in enumerate(self.param_groups):
-            params, grads, has_sparse = self._params_with_grad(group)
+            params, grads, grad_bytes = self._params_with_grad(group)
             if params:
                 rule, hyperparameters = self.rule_for(group)
-                dtypes = tuple(map(_dtype_of, params))
-                real_params = params
-                if any(map(_dtype_is_complex, dtypes)):
-                    real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
-                backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
-                work.append((index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse))
+                has_sparse = grad_bytes is None
+                plan = self._plans.get(index)
+                if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, grad_bytes):
+                    backend, dtypes = plan.backend, plan.dtypes
+                else:
+                    plan = None
+                    dtypes = tuple(map(_dtype_of, params))
+                    _check_gradients(params, grads)
+                    real_params = params
+                    if any(map(_dtype_is_complex, dtypes)):
+                        real_params = [torch.view_as_real(param) if param.is_complex() else param
+                                       for param in params]
+                    backend = resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
+                work.append(_GroupStep(index, group, rule, hyperparameters, backend, params, grads, dtypes,
+                                       has_sparse, plan))
+        state_ids = self._state_ids() if work else ()
+        for each in work:
+            if each.plan is not None and not each.plan.state_fits(state_ids):
+                each.plan = None
+            if each.plan is None:
+                self._check_state(each.params, each.rule.active_state(each.hyperparameters))
         if self._has_nonfinite_gradient(work):
             self.skipped_steps += 1
             return loss
-        state_ids = self._state_snapshot()[1] if work else ()
         rebuilt = False
-        for index, group, rule, hyperparameters, backend, params, grads, dtypes, has_sparse in work:
-            rebuilt |= self._update_group(index, group, rule, hyperparameters, backend, params, grads, dtypes,
-                                          has_sparse, grad_scale, state_ids)
+        for each in work:
+            if each.plan is None:
+                each.plan, each.created = self._build_plan(each.group, each.rule, each.hyperparameters, each.params,
+                                                         each.dtypes, each.backend)
+                self._plans[each.index] = each.plan
+                rebuilt = True
+        for each in work:
+            self._update_group(each, grad_scale)
         if rebuilt:
             # Rebuilt plans created state, which changed the snapshot. Every plan used in this step still
             # matches the state (a group's state creation touches only its own params' state), so all of them
             # take the new snapshot.
             snapshot = self._state_snapshot()
-            for index, *_ in work:
-                self._plans[index].state_objects, self._plans[index].state_ids = snapshot
+            for each in work:
+                self._plans[each.index].state_objects, self._plans[each.index].state_ids = snapshot
         return loss
+
+    def _check_state(self, params: list[torch.Tensor], active: tuple[str, ...]) -> None:
+        """Raise PyTorch's error where a param's existing state does not fit it (before anything changes).
+
+        A param grown through `param.data = ...` after its state exists, a state tensor replaced by one of
+        another shape or on another device: PyTorch's update raises a size (or device) mismatch there.
+        """
+        for position, param in enumerate(params):
+            state = self.state.get(param)
+            for name in active if state else ():
+                tensor = state.get(name)
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                if tensor.shape != param.shape:
+                    raise RuntimeError(f"{self.torch_name}: the size of param {position} of its group "
+                                       f"{tuple(param.shape)} must match the size of its state {name!r} "
+                                       f"{tuple(tensor.shape)}")
+                if tensor.device != param.device:
+                    raise RuntimeError(f"{self.torch_name}: expected param {position} of its group and its state "
+                                       f"{name!r} on the same device, got {param.device} and {tensor.device}")
 
     def _state_snapshot(self) -> tuple[list[Any], tuple[int, ...]]:
         """`self.state`, its params, their state dicts and the values in those, and the ids of all of them.
@@ -175,8 +226,16 @@ class Optimizer(torch.optim.Optimizer):
         objects = [self.state, *self.state, *dicts, *itertools.chain.from_iterable(map(dict.values, dicts))]
         return objects, tuple(map(id, objects))
 
-    def _params_with_grad(self, group: Mapping[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
-        """The group's params that have a gradient, their gradients, and whether one of those is sparse.
+    def _state_ids(self) -> tuple[int, ...]:
+        """The ids `_state_snapshot` gives, without listing the objects (what every step compares)."""
+        dicts = list(self.state.values())
+        return tuple(map(id, itertools.chain((self.state,), self.state, dicts,
+                                             itertools.chain.from_iterable(map(dict.values, dicts)))))
+
+    def _params_with_grad(self, group: Mapping[str, Any]
+                          ) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray | None]:
+        """The group's params that have a gradient, their gradients, and the gradients' byte counts (None where
+        one of them is sparse).
 
         Raises where PyTorch refuses a gradient (sparse where unsupported, ...), before anything changes.
 
@@ -190,9 +249,14 @@ class Optimizer(torch.optim.Optimizer):
             params = list(params)
         else:
             params, grads = list(itertools.compress(params, has_grad)), list(itertools.compress(grads, has_grad))
-        has_sparse = any(map(_is_sparse, grads))
-        if not has_sparse and (group["state_dtype"] is None or not any(map(_is_complex, params))):
-            return params, grads, False
+        try:
+            # the pass that measures the gradients (checked against their params by the plan) also finds the
+            # sparse ones: `nbytes` is not defined for sparse tensors
+            grad_bytes = np.fromiter(map(_nbytes_of, grads), np.int64, len(grads))
+        except RuntimeError:
+            grad_bytes = None
+        if grad_bytes is not None and (group["state_dtype"] is None or not any(map(_is_complex, params))):
+            return params, grads, grad_bytes
         for param, grad in zip(params, grads, strict=True):
             if grad.is_sparse:
                 if not self.supports_sparse:
@@ -203,43 +267,32 @@ class Optimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{self.torch_name}: sparse gradients of complex params are not supported")
             if param.is_complex() and group["state_dtype"] is not None:
                 raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (not supported for complex params)")
-        return params, grads, has_sparse
+        return params, grads, grad_bytes
 
     @staticmethod
-    def _has_nonfinite_gradient(work: list[tuple]) -> bool:
+    def _has_nonfinite_gradient(work: list[_GroupStep]) -> bool:
         """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync per device)."""
         finite_by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
-        for _, group, *_, grads, _, _ in work:
-            if group["skip_nonfinite"]:
-                for grad in grads:
+        for each in work:
+            if each.group["skip_nonfinite"]:
+                for grad in each.grads:
                     finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
         return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
-    def _update_group(self, index: int, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
-                      backend: Backend, params: list[torch.Tensor], grads: list[torch.Tensor],
-                      dtypes: tuple[torch.dtype, ...], has_sparse: bool, grad_scale: Any,
-                      state_ids: tuple[int, ...]) -> bool:
-        """Run the backend, then advance the group's step counters; whether the group's plan was rebuilt.
+    def _update_group(self, work: _GroupStep, grad_scale: Any) -> None:
+        """Run the backend, then advance the group's step counters (a failed step changes nothing).
 
         The per-param work that does not change from step to step (state lookups and creation, which params
-        are complex or DTensors, the state tensor lists) lives in the group's `_Plan`, checked each step with
-        C-level identity passes and rebuilt when anything it depends on changed.
+        are complex or DTensors, the state tensor lists, the backend's prepared tables) lives in the group's
+        `_Plan`, which `step` checked or rebuilt (`work.created`: the state keys that rebuild created per param).
         """
-        active = rule.active_state(hyperparameters)
-        plan = self._plans.get(index)
-        valid = (plan is not None and plan.group is group and plan.active == active
-                 and plan.state_ids == state_ids and plan.param_ids == tuple(map(id, params))
-                 and plan.dtypes == dtypes)
-        if valid and plan.counters is not None and plan.counters.moved():
-            valid = False  # a counter whose storage moved (`.data =`, `share_memory_`) is re-checked by a rebuild
-        created: list[list[str]] = []
-        if not valid:
-            plan, created = self._build_plan(group, rule, hyperparameters, backend, params, active, dtypes)
-            self._plans[index] = plan
+        rule, hyperparameters, backend = work.rule, work.hyperparameters, work.backend
+        params, grads, has_sparse, plan = work.params, work.grads, work.has_sparse, work.plan
+        dtypes = work.dtypes
         steps: float | list[float]
         if plan.counters is None:
             # PyTorch's SGD keeps no counter; the momentum rule only asks whether its buffer is new.
-            steps = [1 if names else 2 for names in created] if any(created) else 2
+            steps = [1 if names else 2 for names in work.created] if any(work.created) else 2
         else:
             # the counts the counters take once the update succeeded: a step that raises advances none
             counts = plan.counters.next_counts()
@@ -267,8 +320,11 @@ class Optimizer(torch.optim.Optimizer):
                 buckets = {steps: list(range(len(params)))}
             for coefficients, indices in self._coefficients(rule, hyperparameters, params, buckets):
                 if len(indices) == len(params) and not has_sparse:
-                    backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
-                                 grad_scale, **_shard_sums(rule, params, plan.special))
+                    if plan.prepared is not None:
+                        plan.prepared.step(coefficients, backend_grads, grad_scale)
+                    else:
+                        backend.step(rule, hyperparameters, coefficients, backend_params, backend_grads, tensors,
+                                     grad_scale, **_shard_sums(rule, params, plan.special))
                     continue
                 dense = [i for i in indices if not backend_grads[i].is_sparse]
                 if dense:
@@ -283,13 +339,14 @@ class Optimizer(torch.optim.Optimizer):
             # a failed step changes nothing: the state it created goes, the counters have not advanced
             for tensor, value in scalar_state:
                 tensor.copy_(value)
-            for param, names in zip(params, created, strict=False):  # (none created by a plan in use)
+            for param, names in zip(params, work.created, strict=False):  # (none created by a plan in use)
                 for name in names:
                     del self.state[param][name]
+            if any(work.created):
+                del self._plans[work.index]  # it holds the state just dropped
             raise
         if plan.counters is not None:
             plan.counters.advance()
-        return not valid
 
     def _coefficients(self, rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
                       buckets: Mapping[float, list[int]]) -> list[tuple[dict[str, Any], list[int]]]:
@@ -313,27 +370,60 @@ class Optimizer(torch.optim.Optimizer):
         return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True))),
                  indices) for (step, *values), indices in by_values.items()]
 
-    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], backend: Backend,
-                    params: list[torch.Tensor], active: tuple[str, ...],
-                    dtypes: tuple[torch.dtype, ...]) -> tuple[_Plan, list[list[str]]]:
+    def _build_plan(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                    params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...],
+                    backend: Backend) -> tuple[_Plan, list[list[str]]]:
         """The group's plan for these params, creating missing state; also the state keys created per param."""
+        active = rule.active_state(hyperparameters)
         keeps_state = self.counts_steps or bool(active)
         states = [self.state[param] if keeps_state else {} for param in params]
-        created = [self._ensure_state(param, state, group, rule, hyperparameters)
-                   for param, state in zip(params, states, strict=True)]
+        before = [{name for name, value in state.items() if value is not None} for state in states]
+        self._allocate_state(params, states, group, rule, hyperparameters)
+        for param, state in zip(params, states, strict=True):
+            self._ensure_state(param, state, group, rule, hyperparameters)
+        created = [[name for name in state if name not in known] for state, known in zip(states, before, strict=True)]
         special = [i for i, param in enumerate(params) if dtypes[i].is_complex or _is_dtensor(param)]
         counters = None
         if self.counts_steps:
             # a backend may advance the counters faster than the portable `torch._foreach_add_`
-            tensors = [state["step"] for state in states]
+            steps = [state["step"] for state in states]
             offer = getattr(backend, "step_counters", None)
-            counters = offer(tensors) if offer is not None else None
+            counters = offer(steps) if offer is not None else None
             if counters is None:
-                counters = StepCounters(tensors)
+                counters = StepCounters(steps)
+        tensors = [[state[name] for name in active] for state in states]
+        prepare = getattr(backend, "prepare", None)
+        # the backend's tables hold the state's data pointers: only for plain tensors, checked every step
+        prepared = prepare(rule, hyperparameters, params, tensors) if prepare is not None and not special else None
         # the state snapshot is filled in by `step` once every group of this step has created its state
-        plan = _Plan(group, active, tuple(map(id, params)), dtypes, params, special,
-                     [[state[name] for name in active] for state in states], counters)
+        plan = _Plan(group, rule, active, group["backend"], backend, params, dtypes, special, tensors, counters,
+                     prepared)
         return plan, created
+
+    @staticmethod
+    def _allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+                        rule: Rule, hyperparameters: Mapping[str, Any]) -> None:
+        """Create the missing state of plain contiguous real params as views of one buffer per name and dtype.
+
+        The values `_new_state` gives, in one allocation per state name: the state tensors' own metadata (their
+        tensor objects) then lies together in memory rather than between their data, so the pass over their
+        data pointers every step (`_Plan.state_fits`) costs a third as much. Like any views they share their
+        buffer's storage: `share_memory_()` on one moves all of them, and a param's state dropped alone frees
+        its memory only with the others.
+        """
+        for name in rule.active_state(hyperparameters):
+            by_kind: dict[tuple[torch.dtype, torch.device], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
+            for param, state in zip(params, states, strict=True):
+                if (state.get(name) is None and type(param) in (torch.Tensor, torch.nn.Parameter)
+                        and param.is_floating_point() and param.is_contiguous()):
+                    kind = (group["state_dtype"] or param.dtype, param.device)
+                    by_kind.setdefault(kind, []).append((param, state))
+            for (dtype, device), members in by_kind.items():
+                sizes = [param.numel() for param, _ in members]
+                buffer = torch.full((sum(sizes),), rule.initial_state(name, hyperparameters), dtype=dtype,
+                                    device=device)
+                for (param, state), view in zip(members, buffer.split(sizes), strict=True):
+                    state[name] = view.view(param.shape)
 
     @staticmethod
     def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
@@ -473,32 +563,146 @@ class Optimizer(torch.optim.Optimizer):
                     _check_state_value(where, key, value, param)
 
 
+@dataclasses.dataclass
+class _GroupStep:
+    """One param group's part of a `step`: what `step` checked, the backend it chose, the plan it runs."""
+
+    index: int
+    group: dict[str, Any]
+    rule: Rule
+    hyperparameters: dict[str, Any]
+    backend: Backend
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    dtypes: tuple[torch.dtype, ...]
+    has_sparse: bool
+    #: None until `step` builds it (the group's plan did not fit, or there was none)
+    plan: _Plan | None
+    #: per param, the state keys the plan's build created (dropped again if the step fails)
+    created: list[list[str]] = dataclasses.field(default_factory=list)
+
+
+class _Signature(NamedTuple):
+    """What a plan depends on in its params besides identity and dtype, where not their data pointers: the
+    plans of groups with complex or DTensor params (whose state runs through per-step views) check it every
+    step. Each field is one C-level pass over the tensors."""
+
+    numels: np.ndarray
+    #: `Tensor.get_device()`: -1 for CPU tensors
+    devices: tuple[int, ...]
+    #: True where every tensor is contiguous, else each tensor's `is_contiguous()`
+    contiguous: bool | tuple[bool, ...]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor]) -> _Signature:
+        contiguous = all(map(_is_contiguous, tensors)) or tuple(map(_is_contiguous, tensors))
+        return cls(np.fromiter(map(_numel, tensors), np.int64, len(tensors)), tuple(map(_get_device, tensors)),
+                   contiguous)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Signature) and self.devices == other.devices
+                and self.contiguous == other.contiguous and np.array_equal(self.numels, other.numels))
+
+    __hash__ = None  # type: ignore[assignment] (compared, never hashed)
+
+
+def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Raise PyTorch's error where a gradient does not fit its param: `param.grad.data = ...` bypasses the checks
+    of `param.grad = ...`, and `param.data = ...` leaves the old gradient."""
+    for position, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if grad.shape != param.shape:
+            raise RuntimeError(f"the size of param {position} of its group {tuple(param.shape)} must match the "
+                               f"size of its gradient {tuple(grad.shape)}")
+        if grad.dtype != param.dtype:
+            raise RuntimeError(f"expected param {position} of its group and its gradient to have the same dtype, "
+                               f"got {param.dtype} and {grad.dtype}")
+        if grad.device != param.device:
+            raise RuntimeError(f"expected param {position} of its group and its gradient on the same device, "
+                               f"got {param.device} and {grad.device}")
+
+
 class _Plan:
     """What one param group's step needs that stays the same from step to step, built by `_build_plan`.
 
     On 10,000 small tensors, finding each param's state and step counter, checking which params are complex
-    or DTensors and listing their state tensors cost tens of milliseconds per step in Python: more than the
-    fused kernel. A plan keeps all of that and is used while the group, its params with gradients, their
-    dtypes, the active state and every object in `optimizer.state` are the same ones (identity checks,
-    C-level passes); anything else rebuilds it.
+    or DTensors, choosing the backend and listing the state tensors cost tens of milliseconds per step in
+    Python: more than the fused kernel. A plan keeps all of that and is used while it `fits` and its state
+    `state_fits`; anything else rebuilds it, checking gradients and state against the params and choosing the
+    backend again (so `backend="auto"` falls back as on the first step).
+
+    Every step costs a few C-level passes over the tensors (≈ 0.1 µs per tensor each): the params' dtypes and
+    data pointers, the gradients' byte counts, the identities of everything in `optimizer.state`, and the data
+    pointers of the state tensors a backend's prepared tables point into. A param or state tensor whose data
+    moved (`.data = ...`, `share_memory_()`, `model.half()`, `model.to(memory_format=...)`, `set_`, a growing
+    `resize_`) has another data pointer. The plan keeps the storages it was built for alive, so that no other
+    tensor can be allocated at one of its addresses while it lives: a tensor still at its address is still in
+    the storage it was in, at least as large (docs/reliability.md lists what is checked and what is not).
     """
 
-    def __init__(self, group: dict[str, Any], active: tuple[str, ...], param_ids: tuple[int, ...],
-                 dtypes: tuple[torch.dtype, ...], params: list[torch.Tensor], special: list[int],
-                 tensors: list[list[torch.Tensor]], counters: StepCounters | None) -> None:
+    def __init__(self, group: dict[str, Any], rule: Rule, active: tuple[str, ...], backend_name: str,
+                 backend: Backend, params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...], special: list[int],
+                 tensors: list[list[torch.Tensor]], counters: StepCounters | None, prepared: Any) -> None:
         self.group = group
+        self.rule = rule
         self.active = active
-        self.param_ids = param_ids
+        self.backend_name = backend_name
+        self.backend = backend
         self.params = params  # kept alive, so that `param_ids` cannot be reused by other tensors
+        self.param_ids = tuple(map(id, params))
         self.dtypes = dtypes
         #: params whose tensors are converted every step (DTensor to local shard, complex to real view)
         self.special = special
+        count = len(params)
+        if special:
+            self.signature = _Signature.of(params)
+        else:
+            self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
+            self.param_bytes = np.fromiter(map(_nbytes_of, params), np.int64, count)
         #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
         self.tensors = tensors
+        #: the backend's tables for these tensors (`backend.prepare`), or None: call `backend.step`
+        self.prepared = prepared
         #: the params' `step` tensors (None for optimizers that keep none: SGD), as the backend advances them
         self.counters = counters
+        # The state tensors, each param's together (they were created together, so they lie together in
+        # memory: one pass over them touches each region once), and their addresses: the prepared tables write
+        # through these, and a backend called with the tensors must not be handed state that no longer fits its
+        # param (checked, before anything changes, when one moved). The counters check their own (`moved`).
+        self.watched = list(itertools.chain.from_iterable(tensors if not special else ()))
+        self.watched_pointers = np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched))
+        self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
+            params if not special else (), self.watched)]
         self.state_objects: list[Any] = []
         self.state_ids: tuple[int, ...] | None = None
+
+    def fits(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
+             grads: list[torch.Tensor], grad_bytes: np.ndarray | None) -> bool:
+        """Whether these params of `group` and their gradients (of `grad_bytes` bytes each; None: some are
+        sparse) still run on this plan as they are: the same params at the same data pointers (their dtypes,
+        sizes, devices and layouts then follow), gradients of their byte counts."""
+        if not (self.group is group and self.rule is rule and self.backend_name == group["backend"]
+                and self.active == rule.active_state(hyperparameters) and self.param_ids == tuple(map(id, params))):
+            return False
+        count = len(params)
+        if self.special:
+            return (tuple(map(_dtype_of, params)) == self.dtypes and self.signature == _Signature.of(params)
+                    and tuple(map(_dtype_of, grads)) == self.dtypes
+                    and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), self.signature.numels)
+                    and tuple(map(_get_device, grads)) == self.signature.devices)
+        if not np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, count), self.param_pointers):
+            return False
+        if grad_bytes is None:
+            return all(grad.shape == param.shape and grad.dtype == param.dtype and grad.device == param.device
+                       for param, grad in zip(params, grads, strict=True))
+        # a gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device)
+        return np.array_equal(grad_bytes, self.param_bytes)
+
+    def state_fits(self, state_ids: tuple[int, ...]) -> bool:
+        """Whether `optimizer.state` holds the same objects, and the step counters and state tensors are where
+        they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
+        return (self.state_ids == state_ids and (self.counters is None or not self.counters.moved())
+                and np.array_equal(np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched)),
+                                   self.watched_pointers))
 
 
 def local_shards(param: torch.Tensor, grad: torch.Tensor,
