@@ -7,11 +7,12 @@ covers every tensor of a group in one call over a table of chunks, so ten thousa
 launch; big passes are shared between threads (`optimlab.kernels.workers`).
 
 Why a generated driver: it must name its element types (float32, float64, or bfloat16 stored as uint16
-bits) at compile time. Its module is named by a hash of its source, the rule's bytecode and the Numba and
-Python versions, and compiled from the source in memory; only Numba's compiled code is kept on disk, in
-the kernel cache (`optimlab.backends.kernel_cache`, which says when that directory is trusted), so a
-changed rule never runs a stale kernel. The driver's source holds no arithmetic besides the optional
-`grad / grad_scale` and addressing; all of the math is `update`, the rule.
+bits) at compile time. Which state, flags and scalars it passes, and its chunk table, come from the kernel
+plan the Triton backend uses too (`optimlab.kernels.plan`). Its module is named by a hash of its source, the
+rule's bytecode and the Numba and Python versions, and compiled from the source in memory; only Numba's
+compiled code is kept on disk, in the kernel cache (`optimlab.backends.kernel_cache`, which says when that
+directory is trusted), so a changed rule never runs a stale kernel. The driver's source holds no arithmetic
+besides the optional `grad / grad_scale` and addressing; all of the math is `update`, the rule.
 
 Precision follows PyTorch: float32 and bfloat16 params compute in float32 (bfloat16 loads are exact, stores
 round to nearest even, NaN → 0x7FC0, as `c10::BFloat16` does), float64 in float64. The per-step

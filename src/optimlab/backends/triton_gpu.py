@@ -4,7 +4,7 @@
 source, with `sqrt`, `maximum` and `lerp` bound to the Triton versions below); a small generated kernel
 loads each element's param, gradient and state, calls it, and stores the results. There is no second copy
 of the math: the generated kernel is plumbing derived from the rule's signature (its state and
-coefficient names).
+coefficient names), through the kernel plan the Numba backend uses too (`optimlab.kernels.plan`).
 
 One launch covers every tensor of a param group (per dtype combination). The kernel reads two int64
 tables:
