@@ -19,6 +19,7 @@ and stores the results. What that call looks like is decided here, once:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ class KernelPlan:
         """The structural coefficients (`Rule.flags`): compile-time constants of a kernel."""
         return self.rule.flags
 
-    @property
+    @functools.cached_property
     def scalars(self) -> tuple[str, ...]:
         """The other coefficients, in `update`'s order: runtime arguments of a kernel."""
         return tuple(name for name in self.rule.coefficient_names if name not in self.rule.flags)
