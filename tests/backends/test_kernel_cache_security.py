@@ -30,7 +30,8 @@ from optimlab.rules import RULES
 RULE = RULES["sgd"]
 HYPERPARAMETERS = RULE.defaults(lr=0.1)
 #: The driver `step` below runs: float32 SGD with its default flags and Python-float coefficients.
-VARIANT = numba_cpu.Variant("float32", "float32", (("maximize", False),), (), False, ("python", "python"))
+VARIANT = numba_cpu.Variant("float32", "float32", (("use_weight_decay", False), ("maximize", False)), (), False,
+                            ("python", "python"))
 OTHER_USER = 65534
 
 

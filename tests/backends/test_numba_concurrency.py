@@ -12,13 +12,15 @@ import time
 import pytest
 
 from optimlab.backends import numba_cpu
+from optimlab.kernels import workers
 from optimlab.rules import RULES
 
 
 def test_threads_building_the_same_new_drivers_each_get_the_finished_driver(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(tmp_path / "cache"))  # empty: every driver is new
     rule, threads = RULES["sgd"], 4
-    variants = [numba_cpu.Variant("float32", "float32", (("maximize", maximize),), (), grad_scale, kinds)
+    variants = [numba_cpu.Variant("float32", "float32", (("use_weight_decay", False), ("maximize", maximize)), (),
+                                  grad_scale, kinds)
                 for kinds in itertools.product(("python", "float32", "float64"), repeat=2)
                 for maximize in (False, True) for grad_scale in (False, True)]
     built = []
@@ -53,9 +55,10 @@ def test_a_forked_child_steps_with_its_own_helpers_and_queues_nothing_for_its_pa
     script = textwrap.dedent("""
         import os, threading, torch
         from optimlab.backends import numba_cpu
+        from optimlab.kernels import workers
         from optimlab.rules import RULES
 
-        numba_cpu.CHUNK, numba_cpu.PARALLEL_MIN = 4, 1  # a tiny tensor still makes a multi-threaded pass
+        numba_cpu.CHUNK, workers.PARALLEL_MIN = 4, 1  # a tiny tensor still makes a multi-threaded pass
         torch.set_num_threads(2)
         rule = RULES["sgd"]
         hyperparameters = rule.defaults(lr=1e-3)
@@ -188,7 +191,7 @@ def test_an_error_in_a_piece_starts_no_further_piece():
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        numba_cpu._Workers().run([(first, first + 1) for first in range(8)], work, (), helpers=0)
+        workers.Workers().run([(first, first + 1) for first in range(8)], work, (), helpers=0)
     assert ran == [0]
 
 
@@ -214,7 +217,7 @@ def test_ctrl_c_waits_for_the_helpers_running_piece_before_it_propagates():
     previous = signal.signal(signal.SIGUSR1, interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
-            numba_cpu._Workers().run([(0, 1), (1, 2)], work, (), helpers=1)
+            workers.Workers().run([(0, 1), (1, 2)], work, (), helpers=1)
         assert len(finished) == 1  # the helper's piece was over before the interrupt propagated
     finally:
         signal.signal(signal.SIGUSR1, previous)

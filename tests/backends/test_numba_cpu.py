@@ -17,6 +17,7 @@ import torch
 from tests.backends.kernel_cases import VARIANTS, assert_all_close, reference, setup
 
 from optimlab.backends import BACKENDS, numba_cpu
+from optimlab.kernels import numba_runtime, workers
 from optimlab.rules import RULES, primitives
 
 #: One configuration per rule, for the dtype tests (the first momentum step is a variant of its own too).
@@ -100,8 +101,8 @@ def test_bfloat16_state_halves_the_state_memory_and_rounds_to_nearest_even():
 def test_bfloat16_conversions_are_torchs_bit_for_bit():
     import numba
 
-    widen = numba_cpu.driver_helper("bfloat16_to_float32")
-    narrow = numba_cpu.driver_helper("float32_to_bfloat16")
+    widen = numba_runtime.driver_helper("bfloat16_to_float32")
+    narrow = numba_runtime.driver_helper("float32_to_bfloat16")
 
     @numba.njit
     def round_trip(values, bits, widened):
@@ -204,11 +205,11 @@ def test_new_state_tensors_and_replaced_param_data_are_picked_up():
 
 def test_work_is_shared_in_pieces_of_equal_size():
     sizes = np.array([numba_cpu.CHUNK] * 30 + [100] * 50)
-    pieces = numba_cpu._pieces(sizes, threads=2)
+    pieces = workers.pieces(sizes, threads=2)
     assert pieces[0][0] == 0 and pieces[-1][1] == len(sizes)
     assert all(last == first for (_, last), (first, _) in zip(pieces[:-1], pieces[1:], strict=True))  # no gaps
-    assert len(pieces) == 2 * numba_cpu.PIECES_PER_THREAD
-    assert numba_cpu._pieces(np.array([100] * 5), threads=2) == [(0, 5)]  # small: one piece, no helpers
+    assert len(pieces) == 2 * workers.PIECES_PER_THREAD
+    assert workers.pieces(np.array([100] * 5), threads=2) == [(0, 5)]  # small: one piece, no helpers
 
 
 def test_cached_tables_follow_moved_state_and_keep_no_tensor_alive():

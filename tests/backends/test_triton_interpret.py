@@ -173,8 +173,8 @@ def test_kernels_run_the_rules_own_code():
     rule, hyper, params, states, generator = _setup("rmsprop-centered")
     backend = triton_gpu.TritonBackend()
     backend.step(rule, hyper, rule.coefficients(1, **hyper), params, [torch.ones_like(p) for p in params], states)
-    ((held_rule, update),) = backend._updates.values()
-    assert held_rule is rule  # the entry keeps its rule alive: its id() key cannot be another rule's
+    (((held_rule, *_), update),) = backend._updates.items()
+    assert held_rule is rule  # the key keeps its rule alive: it cannot be taken over by another rule
     assert getattr(update, "fn", update).__code__ is rule.update.__code__  # a JITFunction on a GPU
 
 

@@ -4,14 +4,15 @@ Each kernel is `rule.specialize(NATIVE, njit)` — the rule's own code object, c
 element from a generated *driver* that only moves data: it reads each element of the param, gradient and
 state, calls the rule, and stores the results, in place, through the tensors' data pointers. The driver
 covers every tensor of a group in one call over a table of chunks, so ten thousand small tensors cost one
-launch; big passes are shared between threads (see `_Workers`).
+launch; big passes are shared between threads (`optimlab.kernels.workers`).
 
 Why a generated driver: it must name its element types (float32, float64, or bfloat16 stored as uint16
-bits) at compile time. Its module is named by a hash of its source, the rule's bytecode and the Numba and
-Python versions, and compiled from the source in memory; only Numba's compiled code is kept on disk, in
-the kernel cache (`optimlab.backends.kernel_cache`, which says when that directory is trusted), so a
-changed rule never runs a stale kernel. The driver's source holds no arithmetic besides the optional
-`grad / grad_scale` and addressing; all of the math is `update`, the rule.
+bits) at compile time. Which state, flags and scalars it passes, and its chunk table, come from the kernel
+plan the Triton backend uses too (`optimlab.kernels.plan`). Its module is named by a hash of its source, the
+rule's bytecode and the Numba and Python versions, and compiled from the source in memory; only Numba's
+compiled code is kept on disk, in the kernel cache (`optimlab.backends.kernel_cache`, which says when that
+directory is trusted), so a changed rule never runs a stale kernel. The driver's source holds no arithmetic
+besides the optional `grad / grad_scale` and addressing; all of the math is `update`, the rule.
 
 Precision follows PyTorch: float32 and bfloat16 params compute in float32 (bfloat16 loads are exact, stores
 round to nearest even, NaN → 0x7FC0, as `c10::BFloat16` does), float64 in float64. The per-step
@@ -33,12 +34,8 @@ import hashlib
 import itertools
 import linecache
 import operator
-import os
-import queue
 import sys
-import threading
 import types
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,16 +43,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..kernels import workers
+from ..kernels.numba_runtime import BUILDING, driver_helper
+from ..kernels.plan import ChunkTable, KernelPlan, Slots, elements, split_by, term, total, value
 from ..rules import Rule
 from ..rules.base import rebind
 from . import register
 
 #: Elements per chunk: a tensor is cut into chunks so that a big one spreads over every core.
 CHUNK = 1 << 15
-#: Pieces (runs of consecutive chunks, equal in elements) per thread: the unit threads take work in.
-PIECES_PER_THREAD = 4
-#: Below this many elements a pass runs on the calling thread alone: waking helpers would cost more.
-PARALLEL_MIN = 1 << 16
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 
@@ -101,59 +97,6 @@ _NATIVES = {"sqrt": _native_sqrt, "maximum": _native_maximum, "minimum": _native
             "where": _native_where, "sign": _native_sign, "abs": _native_abs}
 
 
-@functools.cache
-def _numba_support() -> dict[str, Any]:
-    """The driver's pointer and bfloat16 helpers (LLVM intrinsics)."""
-    from llvmlite import ir
-    from numba import types as nb
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def address(typingctx, integer):
-        """An integer data pointer (`Tensor.data_ptr()`) as a `void*` for `numba.carray`."""
-        if not isinstance(integer, nb.Integer):
-            return None
-
-        def codegen(context, builder, signature, arguments):
-            return builder.inttoptr(arguments[0], cgutils.voidptr_t)
-
-        return nb.voidptr(integer), codegen
-
-    @intrinsic
-    def bfloat16_to_float32(typingctx, bits):
-        """Exact widening: the bfloat16 bits are the high half of the float32."""
-        if bits != nb.uint16:
-            return None
-
-        def codegen(context, builder, signature, arguments):
-            wide = builder.zext(arguments[0], ir.IntType(32))
-            return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
-
-        return nb.float32(bits), codegen
-
-    @intrinsic
-    def float32_to_bfloat16(typingctx, value):
-        """Round to nearest even, NaN → 0x7FC0: `c10::BFloat16`'s `round_to_nearest_even`."""
-        if value != nb.float32:
-            return None
-
-        def codegen(context, builder, signature, arguments):
-            i32 = ir.IntType(32)
-            bits = builder.bitcast(arguments[0], i32)
-            lowest_kept = builder.and_(builder.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 1))
-            rounded = builder.lshr(builder.add(bits, builder.add(lowest_kept, ir.Constant(i32, 0x7FFF))),
-                                   ir.Constant(i32, 16))
-            is_nan = builder.fcmp_unordered("uno", arguments[0], arguments[0])
-            result = builder.select(is_nan, ir.Constant(i32, 0x7FC0), rounded)
-            return builder.trunc(result, ir.IntType(16))
-
-        return nb.uint16(value), codegen
-
-    return {"address": address, "bfloat16_to_float32": bfloat16_to_float32,
-            "float32_to_bfloat16": float32_to_bfloat16}
-
-
 #: (rule name, compute dtype) → the rule's update compiled by `Rule.specialize`, for the generated drivers.
 _SPECIALIZED: dict[tuple[str, str], Any] = {}
 
@@ -185,11 +128,6 @@ def specialize(rule: Rule, compute: str) -> Any:
 def specialized_update(rule_name: str, compute: str) -> Any:
     """The compiled rule a generated driver calls (registered by `specialize` before the import)."""
     return _SPECIALIZED[rule_name, compute]
-
-
-def driver_helper(name: str) -> Any:
-    """One of the pointer/bfloat16 helpers, for the generated drivers."""
-    return _numba_support()[name]
 
 
 # --- driver source --------------------------------------------------------------------------------------
@@ -231,35 +169,37 @@ def _store(kind: str, expression: str) -> str:
 
 
 def driver_source(rule: Rule, variant: Variant) -> str:
-    """The generated module for one variant: a `step` that loops, loads, calls `update`, stores. No math."""
+    """The generated module for one variant: a `step` that loops, loads, calls `update`, stores. No math.
+
+    The call follows the rule's `KernelPlan` (active and dummy state, flags and runtime scalars); flags are
+    written in as constants, and every name from the rule stands behind the plan's `_ol_` prefixes.
+    """
     compute = variant.compute
+    plan = KernelPlan(rule, Slots.of(rule, variant.active))
+    active = plan.slots.active
     flags = dict(variant.flags)
-    scalars = [name for name in rule.coefficient_names if name not in flags]
-    active = [name for name, used in zip(rule.state_names, variant.active, strict=True) if used]
-    # The rule's names only ever appear behind the `_ol_` prefix (which rules may not use, see
-    # `Rule`), so none of them can capture or shadow one of the driver's own names.
-    ours = {name: f"_ol_{name}" for name in (*rule.state_names, *rule.coefficient_names, *rule.tensor_coefficients)}
+    kinds = dict(zip(plan.scalars, variant.scalar_kinds, strict=True))
 
     def view(name: str, pointer: str, kind: str) -> str:
         storage, itemsize = _STORAGE[kind]
-        return f"        {ours.get(name, name)} = carray(address({pointer} + {itemsize} * start), size, {storage})"
+        return f"        {elements(name)} = carray(address({pointer} + {itemsize} * start), size, {storage})"
 
-    grad = _load(variant.param_kind, compute, "grad[i]")
-    arguments = [_load(variant.param_kind, compute, "param[i]"),
+    grad = _load(variant.param_kind, compute, f"{elements('grad')}[i]")
+    arguments = [_load(variant.param_kind, compute, f"{elements('param')}[i]"),
                  f"{grad} / python_scalar(grad_scale)" if variant.has_grad_scale else grad]
-    arguments += [_load(variant.state_kind, compute, f"{ours[name]}[i]") if name in active else f"np.{compute}(0.0)"
-                  for name in rule.state_names]
-    kinds = dict(zip(scalars, variant.scalar_kinds, strict=True))
-    arguments += [repr(flags[name]) if name in flags
-                  else f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({ours[name]})"
-                  for name in rule.coefficient_names]
+    arguments += plan.slots.arguments(lambda name: _load(variant.state_kind, compute, f"{elements(name)}[i]"),
+                                      f"np.{compute}(0.0)")
+    arguments += plan.coefficient_arguments(
+        lambda name: repr(flags[name]),
+        lambda name: f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({value(name)})")
     # per-tensor coefficients (stage (a)): one float64 per tensor, computed on the host by `rule.finish`
-    tensor_arguments = [f"python_scalar({ours[name]}[tensor])" for name in rule.tensor_coefficients]
-    results = ["new_param"] + [f"new_{ours[name]}" if name in active else "_" for name in rule.state_names]
+    tensor_arguments = [f"python_scalar({value(name)}[tensor])" for name in rule.tensor_coefficients]
+    results = [value("param"), *plan.slots.results(value)]
+    scalar_parameters = "".join(", " + value(name) for name in plan.scalars)
     lines = [
         f'"""Generated by optimlab.backends.numba_cpu for rule {rule.name!r}: {variant.param_kind} params, '
         f"{variant.state_kind} state,",
-        f"{', '.join(f'{name}={value}' for name, value in variant.flags) or 'no flags'}, "
+        f"{', '.join(f'{name}={flag}' for name, flag in variant.flags) or 'no flags'}, "
         f"grad_scale {'on' if variant.has_grad_scale else 'off'}.",
         "",
         "Loops, loads and stores only: the math is `update`, the rule's own code compiled by `Rule.specialize`.",
@@ -267,7 +207,8 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "import numpy as np",
         "from numba import carray, njit",
         "",
-        "from optimlab.backends.numba_cpu import driver_helper, specialized_update",
+        "from optimlab.backends.numba_cpu import specialized_update",
+        "from optimlab.kernels.numba_runtime import driver_helper",
         "from optimlab.kernels.numba_scalars import python_scalar, tensor_scalar",
         "",
         f"update = specialized_update({rule.name!r}, {compute!r})",
@@ -278,7 +219,7 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "",
         "@njit(nogil=True, error_model='numpy')",
         f"def step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop, "
-        f"grad_scale{''.join(', ' + ours[name] for name in (*scalars, *rule.tensor_coefficients))}):",
+        f"grad_scale{scalar_parameters}{''.join(', ' + value(name) for name in rule.tensor_coefficients)}):",
     ]
     chunk_views = [
         "    for chunk in range(first, last):",
@@ -287,27 +228,27 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "        size = np.uint64(chunk_stop[chunk] - start)  # unsigned: no negative-index checks in the loop",
         view("param", "param_ptrs[tensor]", variant.param_kind),
         view("grad", "grad_ptrs[tensor]", variant.param_kind),
-        *(view(name, f"state_ptrs[{rule.state_names.index(name)}, tensor]", variant.state_kind) for name in active),
+        *(view(name, f"state_ptrs[{plan.slots.index(name)}, tensor]", variant.state_kind) for name in active),
     ]
     lines += chunk_views
     lines += ["        for i in range(size):",
               f"            {', '.join(results)}, = update({', '.join(arguments + tensor_arguments)})",
-              f"            param[i] = {_store(variant.param_kind, 'new_param')}"]
-    lines += [f"            {ours[name]}[i] = {_store(variant.state_kind, f'new_{ours[name]}')}" for name in active]
+              f"            {elements('param')}[i] = {_store(variant.param_kind, value('param'))}"]
+    lines += [f"            {elements(name)}[i] = {_store(variant.state_kind, value(name))}" for name in active]
     if rule.reductions:
         # The reduce pass: over the same chunks, each chunk's sums of `rule.reduce`'s terms (in float64)
-        sums = [f"_ol_sum_{index}" for index in range(len(rule.reductions))]
-        terms = [f"_ol_term_{index}" for index in range(len(rule.reductions))]
+        sums = [total(index) for index in range(len(rule.reductions))]
+        terms = [term(index) for index in range(len(rule.reductions))]
         lines += ["", "", f"reduce = specialized_update({rule.name + '.reduce'!r}, {compute!r})", "", "",
                   "@njit(nogil=True, error_model='numpy')",
                   f"def reduce_step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, "
-                  f"chunk_stop, grad_scale, partial{''.join(', ' + ours[name] for name in scalars)}):",
+                  f"chunk_stop, grad_scale, partial{scalar_parameters}):",
                   *chunk_views,
-                  *(f"        {total} = 0.0" for total in sums),
+                  *(f"        {summed} = 0.0" for summed in sums),
                   "        for i in range(size):",
                   f"            {', '.join(terms)}, = reduce({', '.join(arguments)})",
-                  *(f"            {total} += {term}" for total, term in zip(sums, terms, strict=True)),
-                  *(f"        partial[chunk, {index}] = {total}" for index, total in enumerate(sums))]
+                  *(f"            {summed} += {added}" for summed, added in zip(sums, terms, strict=True)),
+                  *(f"        partial[chunk, {index}] = {summed}" for index, summed in enumerate(sums))]
     return "\n".join(lines) + "\n"
 
 
@@ -322,42 +263,6 @@ def _code_fingerprint(code: Any) -> list[Any]:
 _DRIVERS: dict[tuple[Rule, Variant], Any] = {}
 #: (rule, variant) → the compiled reduce pass of a rule with reductions (the same module as its driver)
 _REDUCERS: dict[tuple[Rule, Variant], Any] = {}
-#: Held while a driver is built, so that threads stepping the same new variant build it once. Reentrant, so
-#: that a thread forking while it builds one gets past `_wait_for_compiles`.
-_BUILDING = threading.RLock()
-#: The locks `_wait_for_compiles` took before a fork (guarded by `_BUILDING`), released after it.
-_HELD_OVER_FORK: list[Any] = []
-
-
-def _wait_for_compiles() -> None:
-    """Before `os.fork()`: wait until no other thread builds or compiles a driver, and hold that.
-
-    A forked child has only the forking thread. A lock that another thread of the parent held at the fork
-    never opens in the child: ours while that thread built a driver, or Numba's global compiler lock, held
-    while Numba and LLVM compile (a driver compiles on its first call), and the child's first compile would
-    wait forever. So the fork waits for compiles in flight; locks are taken in this order everywhere.
-    """
-    _BUILDING.acquire()
-    held = [_BUILDING]
-    compiler_lock = sys.modules.get("numba.core.compiler_lock")
-    if compiler_lock is not None:  # not imported yet: nothing compiles
-        compiler_lock.global_compiler_lock.acquire()
-        held.append(compiler_lock.global_compiler_lock)
-    _HELD_OVER_FORK[:] = held
-
-
-def _release_after_fork() -> None:
-    """After `os.fork()`, in the parent and in the child: release what `_wait_for_compiles` took."""
-    held = _HELD_OVER_FORK[:]
-    _HELD_OVER_FORK.clear()
-    for lock in reversed(held):
-        lock.release()
-
-
-os.register_at_fork(before=_wait_for_compiles, after_in_parent=_release_after_fork,
-                    after_in_child=_release_after_fork)
-
-
 def driver(rule: Rule, variant: Variant) -> Any:
     """The driver for `variant`: built on first call, its compiled code loaded from the kernel cache if there.
 
@@ -366,7 +271,7 @@ def driver(rule: Rule, variant: Variant) -> Any:
     """
     key = (rule, variant)
     if key not in _DRIVERS:
-        with _BUILDING:
+        with BUILDING:
             if key not in _DRIVERS:
                 module = _build_driver(rule, variant)
                 if rule.reductions:  # before the driver: a thread that finds the driver finds its reducer
@@ -431,14 +336,14 @@ class _Layout:
             raise ValueError(f"numba: {rule.name} expects state tensors {active} per param")
         self.rule = rule
         self.active = active
+        self.plan = KernelPlan.of(rule, active)
         flat_states = list(itertools.chain.from_iterable(states))
         self.param_dtypes = tuple(param.dtype for param in params)
         self.sizes = np.array([param.numel() for param in params], dtype=np.int64)
         self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, len(params))
         self.state_pointers = np.fromiter(map(_data_ptr, flat_states), np.int64, len(flat_states))
         self.state_bytes = np.fromiter(map(_nbytes_of, flat_states), np.int64, len(flat_states))
-        used = tuple(name in active for name in rule.state_names)
-        by_kinds: dict[tuple[str, str], list[int]] = {}
+        kinds: list[tuple[str, str]] = []
         for index, (param, state) in enumerate(zip(params, states, strict=True)):
             for tensor in (param, *state):
                 if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.dtype not in _DTYPES \
@@ -452,23 +357,19 @@ class _Layout:
             state_dtype = state[0].dtype if len(state) else param.dtype
             if any(tensor.dtype != state_dtype for tensor in state):
                 raise ValueError(f"numba: param {index}'s state tensors have different dtypes")
-            by_kinds.setdefault((_DTYPES[param.dtype], _DTYPES[state_dtype]), []).append(index)
+            kinds.append((_DTYPES[param.dtype], _DTYPES[state_dtype]))
         self._splits = []
-        for (param_kind, state_kind), indices in by_kinds.items():
-            sizes = self.sizes[indices]
-            state_pointers = np.zeros((len(rule.state_names), len(indices)), dtype=np.int64)
-            for column, i in enumerate(indices):
+        for (param_kind, state_kind), indices in split_by(kinds):
+            selection = None if indices is None else np.array(indices, dtype=np.int64)
+            members = range(len(params)) if indices is None else indices
+            state_pointers = np.zeros((len(rule.state_names), len(members)), dtype=np.int64)
+            for column, i in enumerate(members):
                 for name, tensor in zip(active, states[i], strict=True):
-                    state_pointers[rule.state_names.index(name), column] = tensor.data_ptr()
-            counts = (sizes + CHUNK - 1) // CHUNK
-            chunk_tensor = np.repeat(np.arange(len(indices), dtype=np.int64), counts)
-            first_chunk = np.repeat(np.cumsum(counts) - counts, counts)
-            chunk_start = (np.arange(len(chunk_tensor), dtype=np.int64) - first_chunk) * CHUNK
-            chunk_stop = np.minimum(chunk_start + CHUNK, sizes[chunk_tensor])
-            selection = None if len(indices) == len(params) else np.array(indices, dtype=np.int64)
-            self._splits.append(_Split(param_kind, state_kind, used, selection,
-                                       (state_pointers, sizes, chunk_tensor, chunk_start, chunk_stop),
-                                       chunk_stop - chunk_start))
+                    state_pointers[self.plan.slots.index(name), column] = tensor.data_ptr()
+            table = ChunkTable.build(self.sizes if selection is None else self.sizes[selection], CHUNK)
+            self._splits.append(_Split(param_kind, state_kind, self.plan.slots.used, selection,
+                                       (state_pointers, table.sizes, table.chunk_tensor, table.chunk_start,
+                                        table.chunk_stop), table.chunk_sizes))
         self.threads = 0
         self.splits: list[tuple[_Split, list[tuple[int, int]]]] = []
 
@@ -496,11 +397,11 @@ class _Layout:
             raise ValueError("numba: a gradient has no data (a meta tensor?)")
         threads = torch.get_num_threads()  # as many threads as torch's own CPU kernels use
         if threads != self.threads:
-            self.splits = [(split, _pieces(split.chunk_sizes, threads)) for split in self._splits]
+            self.splits = [(split, workers.pieces(split.chunk_sizes, threads)) for split in self._splits]
             self.threads = threads
         rule = self.rule
-        flags = tuple((name, bool(coefficients[name])) for name in rule.flags)
-        scalars, kinds = _scalars(coefficients[name] for name in rule.coefficient_names if name not in rule.flags)
+        flags = self.plan.flag_values(coefficients)
+        scalars, kinds = _scalars(coefficients[name] for name in self.plan.scalars)
         scale = 1.0 if grad_scale is None else float(grad_scale)
         per_tensor = self.tensor_coefficients(grad_pointers, scale, scalars, flags, kinds, grad_scale is not None,
                                               all_reduce) if rule.reductions else None
@@ -546,9 +447,8 @@ class _Layout:
             sums[slice(None) if split.selection is None else split.selection] = split_sums
         if all_reduce is not None:
             sums = all_reduce(torch.from_numpy(sums)).numpy()
-        finished = rule.finish(*sums.T)
-        columns = [np.broadcast_to(np.asarray(finished[name], dtype=np.float64), len(sums))
-                   for name in rule.tensor_coefficients]
+        columns = self.plan.finish(sums, lambda finished: np.broadcast_to(np.asarray(finished, dtype=np.float64),
+                                                                          len(sums)))
         return [[np.ascontiguousarray(column if split.selection is None else column[split.selection])
                  for column in columns] for split, _ in self.splits]
 
@@ -562,150 +462,21 @@ class _Split(NamedTuple):
     chunk_sizes: np.ndarray
 
 
-def _pieces(chunk_sizes: np.ndarray, threads: int) -> list[tuple[int, int]]:
-    """Cut the chunks into runs of about equal elements, `PIECES_PER_THREAD` per thread (one if small)."""
-    total = int(chunk_sizes.sum())
-    if threads == 1 or total < PARALLEL_MIN:
-        return [(0, len(chunk_sizes))]
-    ends = np.cumsum(chunk_sizes)
-    targets = np.arange(1, threads * PIECES_PER_THREAD) * (total / (threads * PIECES_PER_THREAD))
-    bounds = np.unique(np.concatenate([[0], np.searchsorted(ends, targets, side="right"), [len(chunk_sizes)]]))
-    return [(int(first), int(last)) for first, last in zip(bounds[:-1], bounds[1:], strict=True) if last > first]
-
-
-class _Workers:
-    """Helper threads for a pass, in a work-sharing scheme where the calling thread works too.
-
-    Numba's own `parallel=True` launches were measured at ~8 ms instead of 0.1 ms on 2 cores beside torch:
-    Numba's OpenMP runtime and torch's (a second copy) each keep idle threads spinning for milliseconds, and
-    a statically scheduled launch waits for its slowest thread. Here helpers block without spinning, every
-    thread takes the next piece of one shared `_Pass`, and the caller waits only for pieces already taken,
-    so a helper the OS has not scheduled yet delays nothing: the caller does its share instead.
-
-    Helper threads do not survive `os.fork()`: a child forgets its parent's and starts its own on demand.
-    """
-
-    def __init__(self) -> None:
-        self._inboxes: list[queue.SimpleQueue] = []
-        self._starting = threading.Lock()
-        os.register_at_fork(after_in_child=functools.partial(_forget_helpers, weakref.ref(self)))
-
-    def run(self, pieces: Sequence[tuple[int, int]], work: Any, arguments: tuple, helpers: int) -> None:
-        """`work(first, last, *arguments)` for every piece, on this thread and up to `helpers` others.
-
-        If a piece raises, on any thread, or Ctrl-C interrupts the caller, no further piece is started and
-        the pieces helpers are running are waited for, so nothing writes once this returns or raises.
-        """
-        work_pass = _Pass(pieces, work, arguments)
-        try:
-            for inbox in self._helpers(helpers):
-                inbox.put(work_pass.help)
-            work_pass.work_here()
-        finally:
-            work_pass.stop_and_wait()
-        work_pass.raise_first_error()
-
-    def _helpers(self, count: int) -> list[queue.SimpleQueue]:
-        with self._starting:  # two threads stepping at once start the missing helpers once
-            while len(self._inboxes) < count:
-                inbox: queue.SimpleQueue = queue.SimpleQueue()
-                threading.Thread(target=self._serve, args=(inbox,), daemon=True, name="optimlab-numba").start()
-                self._inboxes.append(inbox)
-            return self._inboxes[:count]
-
-    def _after_fork(self) -> None:
-        # only the forking thread exists in the child: work queued for the parent's helpers would pile up
-        self._inboxes = []
-        self._starting = threading.Lock()
-
-    @staticmethod
-    def _serve(inbox: queue.SimpleQueue) -> None:
-        while True:
-            inbox.get()()
-
-
-def _forget_helpers(workers: weakref.ref) -> None:
-    if (alive := workers()) is not None:
-        alive._after_fork()
-
-
-class _Pass:
-    """One pass's pieces, handed out one at a time to whichever thread asks, until done or stopped."""
-
-    def __init__(self, pieces: Sequence[tuple[int, int]], work: Any, arguments: tuple) -> None:
-        self._pieces = iter(pieces)
-        self._work, self._arguments = work, arguments
-        self._lock = threading.Lock()
-        self._helpers_idle = threading.Condition(self._lock)
-        self._stopped = False
-        self._helpers_running = 0  # pieces taken by helpers and not finished yet
-        self._errors: list[BaseException] = []
-
-    def _take(self, by_helper: bool) -> tuple[int, int] | None:
-        with self._lock:
-            piece = None if self._stopped else next(self._pieces, None)
-            if piece is not None and by_helper:
-                self._helpers_running += 1
-            return piece
-
-    def help(self) -> None:
-        """A helper's share: pieces until none is left or the pass is stopped; errors go to the caller."""
-        while (piece := self._take(by_helper=True)) is not None:
-            try:
-                self._work(*piece, *self._arguments)
-            except BaseException as error:  # noqa: B036 (re-raised on the calling thread)
-                with self._lock:
-                    self._errors.append(error)
-                    self._stopped = True
-            finally:
-                with self._lock:
-                    self._helpers_running -= 1
-                    if self._helpers_running == 0:
-                        self._helpers_idle.notify_all()
-
-    def work_here(self) -> None:
-        """The calling thread's share; an exception (Ctrl-C too) propagates to `_Workers.run`."""
-        while (piece := self._take(by_helper=False)) is not None:
-            self._work(*piece, *self._arguments)
-
-    def stop_and_wait(self) -> None:
-        """Start no more pieces and wait for the helpers' running ones: after this nothing writes.
-
-        A piece is short, so the wait goes on through Ctrl-C; the interrupt is raised once it is over.
-        """
-        interrupted = None
-        while True:
-            try:
-                with self._lock:
-                    self._stopped = True
-                    while self._helpers_running:
-                        self._helpers_idle.wait()
-                break
-            except BaseException as error:  # noqa: B036 (raised below, once the helpers are idle)
-                interrupted = interrupted or error
-        if interrupted is not None:
-            raise interrupted
-
-    def raise_first_error(self) -> None:
-        if self._errors:
-            raise self._errors[0]
-
-
-_WORKERS = _Workers()
+_WORKERS = workers.Workers()
 
 
 def _scalars(values: Any) -> tuple[list[Any], tuple[str, ...]]:
     """The non-flag coefficients as launch arguments, and their kinds (see `optimlab.kernels.numba_scalars`)."""
     arguments, kinds = [], []
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
-            arguments.append(np.float32(value.item()))
+    for coefficient in values:
+        if isinstance(coefficient, torch.Tensor) and coefficient.dtype == torch.float32:
+            arguments.append(np.float32(coefficient.item()))
             kinds.append("float32")
-        elif isinstance(value, torch.Tensor) and value.dtype == torch.float64:
-            arguments.append(value.item())
+        elif isinstance(coefficient, torch.Tensor) and coefficient.dtype == torch.float64:
+            arguments.append(coefficient.item())
             kinds.append("float64")
         else:
-            arguments.append(float(value))
+            arguments.append(float(coefficient))
             kinds.append("python")
     return arguments, tuple(kinds)
 
@@ -861,5 +632,5 @@ class NumbaCPU:
 
 BACKEND = register(NumbaCPU(), first=True)
 
-__all__ = ["BACKEND", "CHUNK", "PARALLEL_MIN", "PIECES_PER_THREAD", "NumbaCPU", "Variant", "driver",
+__all__ = ["BACKEND", "CHUNK", "NumbaCPU", "Variant", "driver",
            "driver_source", "specialize"]

@@ -4,7 +4,7 @@
 source, with `sqrt`, `maximum` and `lerp` bound to the Triton versions below); a small generated kernel
 loads each element's param, gradient and state, calls it, and stores the results. There is no second copy
 of the math: the generated kernel is plumbing derived from the rule's signature (its state and
-coefficient names).
+coefficient names), through the kernel plan the Numba backend uses too (`optimlab.kernels.plan`).
 
 One launch covers every tensor of a param group (per dtype combination). The kernel reads two int64
 tables:
@@ -47,8 +47,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 
+from ..kernels.plan import GRAD_SCALE, ChunkTable, KernelPlan, elements, pointer, split_by, term, value
 from ..rules import Rule
 from ..rules.base import rebind
 from . import register
@@ -167,10 +169,6 @@ _SOURCES = itertools.count()  # numbers the generated sources: each gets its own
 _TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16", "float64": "tl.float64"}
 
 
-#: The key of `grad_scale` among the coefficients' kinds: not a name a rule may use (see `Rule`).
-GRAD_SCALE = "_ol_grad_scale"
-
-
 def _tl_dtype(dtype: Any) -> str:
     return _TL_DTYPES[str(dtype).removeprefix("torch.")]
 
@@ -190,12 +188,11 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
     loads each row's per-tensor coefficients (one value per tensor, from `rule.finish` on the host).
     """
     compute = "tl.float64" if dtypes[0] == "tl.float64" else "tl.float32"
+    plan = KernelPlan.of(rule, active)
     slots = ("param", "grad", *active)
     # Every name that comes from the rule (its state and coefficient names, and `param`, `grad` alongside them)
-    # appears only behind a prefix (`_ol_v_` its value, `_ol_p_` its pointer, `_ol_e_` its elements), which
-    # rules may not use: the kernel's own names (`numel`, `tl`, `update`, ...) can never be captured by them.
-    value, pointer, elements = (lambda name: f"_ol_v_{name}"), (lambda name: f"_ol_p_{name}"), \
-        (lambda name: f"_ol_e_{name}")
+    # appears only behind the plan's prefixes (`value`, `pointer`, `elements`): the kernel's own names
+    # (`numel`, `tl`, `update`, ...) can never be captured by them.
     arguments = ["layout", "addresses", "n_tensors", "total_blocks"]
     prologue = []
     for name in (*rule.coefficient_names, GRAD_SCALE):
@@ -236,16 +233,15 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
             lines.append(f"{value(slot)} = {load}")
         if kinds[GRAD_SCALE] != "none":
             lines.append(f"{value('grad')} = {value('grad')} / {value(GRAD_SCALE)}")
-        state_arguments = [value(name) if name in active else f"tl.full([ROWS, BLOCK], 0.0, {compute})"
-                           for name in rule.state_names]
-        results = ", ".join((value("param"), *(value(name) if name in active else "_" for name in rule.state_names)))
-        call = ", ".join((value("param"), value("grad"), *state_arguments, *map(value, rule.coefficient_names),
-                          *map(value, per_tensor)))
+        state_arguments = plan.slots.arguments(value, f"tl.full([ROWS, BLOCK], 0.0, {compute})")
+        results = ", ".join((value("param"), *plan.slots.results(value)))
+        call = ", ".join((value("param"), value("grad"), *state_arguments,
+                          *plan.coefficient_arguments(value, value), *map(value, per_tensor)))
         if reducing:
-            terms = [f"_ol_term_{index}" for index in range(len(rule.reductions))]
+            terms = [term(index) for index in range(len(rule.reductions))]
             lines.append(f"{', '.join(terms)}, = reduce({call})")
-            for index, term in enumerate(terms):
-                summed = f"tl.where(mask, {term}, 0.0)" if masked else term  # lanes past a tensor's end add 0
+            for index, added in enumerate(terms):
+                summed = f"tl.where(mask, {added}, 0.0)" if masked else added  # lanes past a tensor's end add 0
                 # `tl.reduce` with our own `add`: `tl.sum` is a jitted library function, which Triton's
                 # interpreter fails to call once another kernel has run in the process
                 lines.append(f"tl.store(partial + chunks * {len(terms)} + {index}, tl.reduce({summed}, 1, add), "
@@ -317,19 +313,15 @@ def _group(dtypes: tuple[str, ...], indices: list[int] | None, numels: list[int]
     if indices is not None:
         numels = [numels[i] for i in indices]
         fixed = [[row[i] for i in indices] for row in fixed]
-    sizes = torch.tensor(numels, dtype=torch.int64)
-    large = int(sizes.sum()) >= LARGE_TENSOR * len(numels)
+    large = sum(numels) >= LARGE_TENSOR * len(numels)
     block, warps = (LARGE_BLOCK, LARGE_WARPS) if large else (SMALL_BLOCK, SMALL_WARPS)
     if interpreting():
         block = min(SMALL_BLOCK, _next_power_of_2(max(numels)))
-    chunks = (sizes + block - 1) // block
-    total_blocks = int(chunks.sum())
-    tensor_of_chunk = torch.repeat_interleave(torch.arange(len(numels)), chunks)
-    index_in_tensor = torch.arange(total_blocks) - (torch.cumsum(chunks, 0) - chunks)[tensor_of_chunk]
+    table = ChunkTable.build(numels, block)
+    total_blocks = len(table.chunk_tensor)
     rows = min(_next_power_of_2(total_blocks), max(1, INTERPRETER_TILE // block)) if interpreting() else 1
-    full = (index_in_tensor + 1) * block <= sizes[tensor_of_chunk]
-    full = torch.cat([full, full.new_zeros(-total_blocks % rows)]).reshape(-1, rows).all(1)
-    layout = torch.cat([sizes, tensor_of_chunk, index_in_tensor, full.long()])
+    layout = torch.from_numpy(np.concatenate([table.sizes, table.chunk_tensor, table.chunk_index,
+                                              table.full(rows).astype(np.int64)]))
     if device.type != "cpu":
         layout = layout.to(device, non_blocking=True)
     common = math.gcd(*numels)
@@ -480,9 +472,8 @@ class TritonBackend:
                 sums[group.indices] = group_sums.to(compute)
         if all_reduce is not None:
             sums = all_reduce(sums)
-        finished = rule.finish(*sums.unbind(1))
-        columns = [torch.as_tensor(finished[name], dtype=compute, device=device).expand(count).contiguous()
-                   for name in rule.tensor_coefficients]
+        columns = KernelPlan.of(rule, active).finish(
+            sums, lambda finished: torch.as_tensor(finished, dtype=compute, device=device).expand(count).contiguous())
         return [[column if group.indices is None else column[group.indices] for column in columns]
                 for group, _, _ in launches]
 
@@ -497,7 +488,7 @@ class TritonBackend:
             return cached
         if len(columns) != len(active):
             raise ValueError(f"expected {len(active)} state tensors per param ({', '.join(active)})")
-        groups: dict[tuple, list[int]] = {}
+        keys = []
         device = params[0].device
         for index, tensors in enumerate(zip(params, grads, *columns, strict=True)):
             if any(tensor.numel() != numels[index] for tensor in tensors):
@@ -507,10 +498,9 @@ class TritonBackend:
                 raise ValueError(f"the triton backend needs every tensor on {device}")
             if not all(tensor.is_contiguous() for tensor in tensors):
                 raise ValueError("the triton backend needs contiguous params and state")
-            groups.setdefault(tuple(_tl_dtype(tensor.dtype) for tensor in tensors), []).append(index)
+            keys.append(tuple(_tl_dtype(tensor.dtype) for tensor in tensors))
         plan = _Plan(numels, fixed, dtypes, {grad.dtype for grad in grads},
-                     [_group(dtypes, None if len(indices) == len(numels) else indices, numels, fixed, device)
-                      for dtypes, indices in groups.items()])
+                     [_group(dtypes, indices, numels, fixed, device) for dtypes, indices in split_by(keys)])
         if len(self._plans) > 64:
             self._plans.clear()
         self._plans[key] = plan
