@@ -33,6 +33,7 @@ from ._plans import BackendTensors, GroupStep, Plan
 OPTIONAL_BACKENDS = ("optimlab.backends.triton_gpu", "optimlab.backends.numba_cpu")
 _loaded_optional = False
 
+
 def load_optional_backends() -> list[str]:
     """Import the optional backends once (each registers itself if its dependency is installed).
 
