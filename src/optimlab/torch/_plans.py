@@ -1,0 +1,513 @@
+"""Plans: what one param group's step needs that stays the same from step to step, checked before every step.
+
+`prepare(optimizer)` is the one call `Optimizer.step` makes before it changes anything: for each param group
+with gradients it takes the group's plan if the plan still fits (the same params at the same data pointers,
+gradients of their sizes, the same objects in `optimizer.state`, state and step counters where they were),
+or checks gradients and state against the params, resolves the backend (once per plan: `backend="auto"` then
+falls back as on the first step) and builds a new plan, creating the missing state. Everything that can
+raise — torch's errors for sparse gradients, gradients or state that do not fit their params, the backend's
+choice — is raised for every group before any state is created (docs/reliability.md).
+
+A plan lists each param's state tensors and step counter, which params are complex or DTensors (run through
+per-step views, `Plan.backend_tensors`), and the backend's prepared tables: on 10,000 small tensors, finding
+all of that again would cost tens of milliseconds per step in Python, more than the fused kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+import sys
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from ..backends import Backend, resolve
+from ..rules import Rule
+from ._counters import StepCounters
+
+if TYPE_CHECKING:
+    from .optimizer import Optimizer
+
+# Per-tensor reads done by C-level `map` instead of Python loops: on 10,000 tensors a Python loop costs
+# milliseconds per step, a `map` a few hundred microseconds.
+_grad_of = operator.attrgetter("grad")
+_is_complex = torch.Tensor.is_complex
+_dtype_of = operator.attrgetter("dtype")
+_dtype_is_complex = operator.attrgetter("is_complex")
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_nbytes_of = operator.attrgetter("nbytes")
+_get_device = torch.Tensor.get_device
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+@dataclasses.dataclass
+class GroupStep:
+    """One param group's part of a `step`: its params with gradients, its rule, and the plan they run on."""
+
+    #: the group's position in `optimizer.param_groups` (plans are kept by it)
+    index: int
+    group: dict[str, Any]
+    rule: Rule
+    hyperparameters: dict[str, Any]
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    #: whether some gradient is sparse (Adagrad): those params run row by row
+    has_sparse: bool
+    plan: Plan
+    #: per param, the state keys this step's plan build created (dropped again if the step fails); empty when
+    #: the plan was in use already
+    created: list[list[str]]
+
+
+class BackendTensors(NamedTuple):
+    """A group's params, gradients and per-param state tensors as its backend takes them (`Plan.backend_tensors`)."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    state: list[list[torch.Tensor]]
+
+
+class _Candidate(NamedTuple):
+    """A group's part of a step while `prepare` checks it: the plan that fit, or None and the backend chosen."""
+
+    index: int
+    group: dict[str, Any]
+    rule: Rule
+    hyperparameters: dict[str, Any]
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    has_sparse: bool
+    dtypes: tuple[torch.dtype, ...]
+    backend: Backend
+    plan: Plan | None
+
+
+def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
+    """Each param group's step (groups without gradients left out), every check done before anything changes.
+
+    Returns None, creating nothing, where a group with `skip_nonfinite=True` has a non-finite gradient: the
+    whole step is then skipped. Otherwise missing plans are built (creating missing state), and every plan
+    used takes the new state snapshot once the step's updates ran (`remember_state`).
+    """
+    candidates = []
+    for index, group in enumerate(optimizer.param_groups):
+        params, grads, grad_bytes = params_with_grad(optimizer, group)
+        if params:
+            rule, hyperparameters = optimizer.rule_for(group)
+            plan = optimizer._plans.get(index)
+            if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, grad_bytes):
+                backend, dtypes = plan.backend, plan.dtypes
+            else:
+                plan = None
+                dtypes = tuple(map(_dtype_of, params))
+                _check_gradients(params, grads)
+                backend = _resolve_backend(group, rule, hyperparameters, params, dtypes)
+            candidates.append(_Candidate(index, group, rule, hyperparameters, params, grads, grad_bytes is None,
+                                         dtypes, backend, plan))
+    state_ids = _state_ids(optimizer) if candidates else ()
+    for i, each in enumerate(candidates):
+        if each.plan is not None and not each.plan.state_fits(state_ids):
+            candidates[i] = each = each._replace(plan=None)
+        if each.plan is None:
+            _check_state(optimizer, each.params, each.rule.active_state(each.hyperparameters))
+    if _has_nonfinite_gradient(candidates):
+        return None
+    group_steps = []
+    for each in candidates:
+        plan, created = each.plan, []
+        if plan is None:
+            plan, created = _build_plan(optimizer, each.group, each.rule, each.hyperparameters, each.params,
+                                        each.dtypes, each.backend)
+            optimizer._plans[each.index] = plan
+        group_steps.append(GroupStep(each.index, each.group, each.rule, each.hyperparameters, each.params,
+                                     each.grads, each.has_sparse, plan, created))
+    return group_steps
+
+
+def remember_state(optimizer: Optimizer, group_steps: list[GroupStep]) -> None:
+    """Give this step's plans the state snapshot, where one of them was built in this step.
+
+    A rebuilt plan created state, which changed the snapshot. Every plan used in this step still matches the
+    state (a group's state creation touches only its own params' state), so all of them take the new one.
+    """
+    if any(each.plan.state_ids is None for each in group_steps):  # (a plan in use already has its snapshot)
+        snapshot = _state_snapshot(optimizer)
+        for each in group_steps:
+            each.plan.state_objects, each.plan.state_ids = snapshot
+
+
+def params_with_grad(optimizer: Optimizer, group: Mapping[str, Any]
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray | None]:
+    """The group's params that have a gradient, their gradients, and the gradients' byte counts (None where
+    one of them is sparse).
+
+    Raises where PyTorch refuses a gradient (sparse where unsupported, ...), before anything changes.
+
+    The common case (dense gradients, no complex param under `state_dtype`) is checked with C-level passes;
+    anything else goes through the per-param loop, which raises PyTorch's errors in PyTorch's order.
+    """
+    params = group["params"]
+    grads = list(map(_grad_of, params))
+    has_grad = list(map(operator.is_not, grads, itertools.repeat(None)))
+    if all(has_grad):
+        params = list(params)
+    else:
+        params, grads = list(itertools.compress(params, has_grad)), list(itertools.compress(grads, has_grad))
+    try:
+        # the pass that measures the gradients (checked against their params by the plan) also finds the
+        # sparse ones: `nbytes` is not defined for sparse tensors
+        grad_bytes = np.fromiter(map(_nbytes_of, grads), np.int64, len(grads))
+    except RuntimeError:
+        grad_bytes = None
+    if grad_bytes is not None and (group["state_dtype"] is None or not any(map(_is_complex, params))):
+        return params, grads, grad_bytes
+    for param, grad in zip(params, grads, strict=True):
+        if grad.is_sparse:
+            if not optimizer.supports_sparse:
+                raise RuntimeError(f"{optimizer.torch_name} does not support sparse gradients")
+            if group["weight_decay"] != 0:
+                raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+            if param.is_complex():
+                raise RuntimeError(f"{optimizer.torch_name}: sparse gradients of complex params are not supported")
+        if param.is_complex() and group["state_dtype"] is not None:
+            raise ValueError(f"Invalid state_dtype: {group['state_dtype']} (not supported for complex params)")
+    return params, grads, grad_bytes
+
+
+def _resolve_backend(group: Mapping[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                     params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...]) -> Backend:
+    """The backend a new plan runs on, chosen for the params as the backend sees them (complex ones as real)."""
+    real_params = params
+    if any(map(_dtype_is_complex, dtypes)):
+        real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
+    return resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
+
+
+def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Raise PyTorch's error where a gradient does not fit its param: `param.grad.data = ...` bypasses the checks
+    of `param.grad = ...`, and `param.data = ...` leaves the old gradient."""
+    for position, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if grad.shape != param.shape:
+            raise RuntimeError(f"the size of param {position} of its group {tuple(param.shape)} must match the "
+                               f"size of its gradient {tuple(grad.shape)}")
+        if grad.dtype != param.dtype:
+            raise RuntimeError(f"expected param {position} of its group and its gradient to have the same dtype, "
+                               f"got {param.dtype} and {grad.dtype}")
+        if grad.device != param.device:
+            raise RuntimeError(f"expected param {position} of its group and its gradient on the same device, "
+                               f"got {param.device} and {grad.device}")
+
+
+def _check_state(optimizer: Optimizer, params: list[torch.Tensor], active: tuple[str, ...]) -> None:
+    """Raise PyTorch's error where a param's existing state does not fit it (before anything changes).
+
+    A param grown through `param.data = ...` after its state exists, a state tensor replaced by one of
+    another shape or on another device: PyTorch's update raises a size (or device) mismatch there.
+    """
+    for position, param in enumerate(params):
+        state = optimizer.state.get(param)
+        for name in active if state else ():
+            tensor = state.get(name)
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if tensor.shape != param.shape:
+                raise RuntimeError(f"{optimizer.torch_name}: the size of param {position} of its group "
+                                   f"{tuple(param.shape)} must match the size of its state {name!r} "
+                                   f"{tuple(tensor.shape)}")
+            if tensor.device != param.device:
+                raise RuntimeError(f"{optimizer.torch_name}: expected param {position} of its group and its state "
+                                   f"{name!r} on the same device, got {param.device} and {tensor.device}")
+
+
+def _has_nonfinite_gradient(candidates: list[_Candidate]) -> bool:
+    """Whether a group with `skip_nonfinite=True` has a non-finite gradient (one host sync per device)."""
+    finite_by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    for each in candidates:
+        if each.group["skip_nonfinite"]:
+            for grad in each.grads:
+                finite_by_device[grad.device].append((grad._values() if grad.is_sparse else grad).isfinite().all())
+    return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
+
+
+def _state_snapshot(optimizer: Optimizer) -> tuple[list[Any], tuple[int, ...]]:
+    """`optimizer.state`, its params, their state dicts and the values in those, and the ids of all of them.
+
+    A plan keeps these objects alive, so none of their ids can be taken by another object while it lives:
+    equal ids mean nothing in the state was added, removed or replaced since (a `load_state_dict`, a new
+    param's state, `optimizer.state[p]["step"] = ...`, `optimizer.state = defaultdict(dict)`...). Values
+    changed in place (`state["step"].fill_(0)`) need no check: the plan keeps tensors, not their values.
+    """
+    dicts = list(optimizer.state.values())
+    objects = [optimizer.state, *optimizer.state, *dicts, *itertools.chain.from_iterable(map(dict.values, dicts))]
+    return objects, tuple(map(id, objects))
+
+
+def _state_ids(optimizer: Optimizer) -> tuple[int, ...]:
+    """The ids `_state_snapshot` gives, without listing the objects (what every step compares)."""
+    dicts = list(optimizer.state.values())
+    return tuple(map(id, itertools.chain((optimizer.state,), optimizer.state, dicts,
+                                         itertools.chain.from_iterable(map(dict.values, dicts)))))
+
+
+def _build_plan(optimizer: Optimizer, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
+                params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...],
+                backend: Backend) -> tuple[Plan, list[list[str]]]:
+    """The group's plan for these params, creating missing state; also the state keys created per param."""
+    active = rule.active_state(hyperparameters)
+    keeps_state = optimizer.counts_steps or bool(active)
+    states = [optimizer.state[param] if keeps_state else {} for param in params]
+    before = [{name for name, value in state.items() if value is not None} for state in states]
+    _allocate_state(params, states, group, rule, hyperparameters)
+    for param, state in zip(params, states, strict=True):
+        ensure_state(optimizer, param, state, group, rule, hyperparameters)
+    created = [[name for name in state if name not in known] for state, known in zip(states, before, strict=True)]
+    special = [i for i, param in enumerate(params) if dtypes[i].is_complex or is_dtensor(param)]
+    counters = None
+    if optimizer.counts_steps:
+        # a backend may advance the counters faster than the portable `torch._foreach_add_`
+        steps = [state["step"] for state in states]
+        offer = getattr(backend, "step_counters", None)
+        counters = offer(steps) if offer is not None else None
+        if counters is None:
+            counters = StepCounters(steps)
+    tensors = [[state[name] for name in active] for state in states]
+    prepare_tables = getattr(backend, "prepare", None)
+    # the backend's tables hold the state's data pointers: only for plain tensors, checked every step
+    prepared = (prepare_tables(rule, hyperparameters, params, tensors)
+                if prepare_tables is not None and not special else None)
+    # the state snapshot is filled in by `remember_state` once every group of this step has created its state
+    plan = Plan(group, rule, active, group["backend"], backend, params, dtypes, special, tensors, counters, prepared)
+    return plan, created
+
+
+def _allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+                    rule: Rule, hyperparameters: Mapping[str, Any]) -> None:
+    """Create the missing state of plain contiguous real params as views of one buffer per name and dtype.
+
+    The values `new_state` gives, in one allocation per state name: the state tensors' own metadata (their
+    tensor objects) then lies together in memory rather than between their data, so the pass over their
+    data pointers every step (`Plan.state_fits`) costs a third as much. Like any views they share their
+    buffer's storage: `share_memory_()` on one moves all of them, and a param's state dropped alone frees
+    its memory only with the others.
+    """
+    for name in rule.active_state(hyperparameters):
+        by_kind: dict[tuple[torch.dtype, torch.device], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
+        for param, state in zip(params, states, strict=True):
+            if (state.get(name) is None and type(param) in (torch.Tensor, torch.nn.Parameter)
+                    and param.is_floating_point() and param.is_contiguous()):
+                kind = (group["state_dtype"] or param.dtype, param.device)
+                by_kind.setdefault(kind, []).append((param, state))
+        for (dtype, device), members in by_kind.items():
+            sizes = [param.numel() for param, _ in members]
+            buffer = torch.full((sum(sizes),), rule.initial_state(name, hyperparameters), dtype=dtype,
+                                device=device)
+            for (param, state), view in zip(members, buffer.split(sizes), strict=True):
+                state[name] = view.view(param.shape)
+
+
+def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any],
+                 rule: Rule, hyperparameters: Mapping[str, Any]) -> list[str]:
+    """Create the `step` counter and any missing active state; the keys created."""
+    created = []
+    if optimizer.counts_steps and "step" not in state:
+        state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+        created.append("step")
+    for name in rule.scalar_state:  # kept like `step`: a 0-dim float32 CPU tensor, as torch.optim.NAdam
+        if name not in state:
+            state[name] = torch.tensor(float(rule.initial_state(name, hyperparameters)), dtype=_get_scalar_dtype())
+            created.append(name)
+    for name in rule.active_state(hyperparameters):
+        if state.get(name) is None:
+            state[name] = new_state(param, group, rule.initial_state(name, hyperparameters))
+            created.append(name)
+    return created
+
+
+def new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
+    """A state tensor like `param` filled with `value` (in `state_dtype` where the group sets one)."""
+    state_dtype = group["state_dtype"]
+    if param.is_complex():  # (state_dtype is refused for complex params before the step)
+        return torch.full_like(param, complex(value, value), memory_format=torch.preserve_format)
+    return torch.full_like(param, value, dtype=state_dtype or param.dtype, memory_format=torch.preserve_format)
+
+
+class _Signature(NamedTuple):
+    """What a plan depends on in its params besides identity and dtype, where not their data pointers: the
+    plans of groups with complex or DTensor params (whose state runs through per-step views) check it every
+    step. Each field is one C-level pass over the tensors."""
+
+    numels: np.ndarray
+    #: `Tensor.get_device()`: -1 for CPU tensors
+    devices: tuple[int, ...]
+    #: True where every tensor is contiguous, else each tensor's `is_contiguous()`
+    contiguous: bool | tuple[bool, ...]
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor]) -> _Signature:
+        contiguous = all(map(_is_contiguous, tensors)) or tuple(map(_is_contiguous, tensors))
+        return cls(np.fromiter(map(_numel, tensors), np.int64, len(tensors)), tuple(map(_get_device, tensors)),
+                   contiguous)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Signature) and self.devices == other.devices
+                and self.contiguous == other.contiguous and np.array_equal(self.numels, other.numels))
+
+    __hash__ = None  # type: ignore[assignment] (compared, never hashed)
+
+
+class Plan:
+    """What one param group's step needs that stays the same from step to step, built by `_build_plan`.
+
+    A plan is used while it `fits` and its state `state_fits`; anything else rebuilds it, checking gradients
+    and state against the params and choosing the backend again.
+
+    Every step costs a few C-level passes over the tensors (≈ 0.1 µs per tensor each): the params' dtypes and
+    data pointers, the gradients' byte counts, the identities of everything in `optimizer.state`, and the data
+    pointers of the state tensors a backend's prepared tables point into. A param or state tensor whose data
+    moved (`.data = ...`, `share_memory_()`, `model.half()`, `model.to(memory_format=...)`, `set_`, a growing
+    `resize_`) has another data pointer. The plan keeps the storages it was built for alive, so that no other
+    tensor can be allocated at one of its addresses while it lives: a tensor still at its address is still in
+    the storage it was in, at least as large (docs/reliability.md lists what is checked and what is not).
+    """
+
+    def __init__(self, group: dict[str, Any], rule: Rule, active: tuple[str, ...], backend_name: str,
+                 backend: Backend, params: list[torch.Tensor], dtypes: tuple[torch.dtype, ...], special: list[int],
+                 tensors: list[list[torch.Tensor]], counters: StepCounters | None, prepared: Any) -> None:
+        self.group = group
+        self.rule = rule
+        self.active = active
+        self.backend_name = backend_name
+        self.backend = backend
+        self.params = params  # kept alive, so that `param_ids` cannot be reused by other tensors
+        self.param_ids = tuple(map(id, params))
+        self.dtypes = dtypes
+        #: params whose tensors are converted every step (DTensor to local shard, complex to real view)
+        self.special = special
+        count = len(params)
+        if special:
+            self.signature = _Signature.of(params)
+        else:
+            self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, count)
+            self.param_bytes = np.fromiter(map(_nbytes_of, params), np.int64, count)
+        #: per param, its active state tensors (as stored; `special` ones still DTensors or complex)
+        self.tensors = tensors
+        #: the backend's tables for these tensors (`backend.prepare`), or None: call `backend.step`
+        self.prepared = prepared
+        #: the params' `step` tensors (None for optimizers that keep none: SGD), as the backend advances them
+        self.counters = counters
+        # The state tensors, each param's together (they were created together, so they lie together in
+        # memory: one pass over them touches each region once), and their addresses: the prepared tables write
+        # through these, and a backend called with the tensors must not be handed state that no longer fits its
+        # param (checked, before anything changes, when one moved). The counters check their own (`moved`).
+        self.watched = list(itertools.chain.from_iterable(tensors if not special else ()))
+        self.watched_pointers = np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched))
+        self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
+            params if not special else (), self.watched)]
+        self.state_objects: list[Any] = []
+        self.state_ids: tuple[int, ...] | None = None
+
+    def fits(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
+             grads: list[torch.Tensor], grad_bytes: np.ndarray | None) -> bool:
+        """Whether these params of `group` and their gradients (of `grad_bytes` bytes each; None: some are
+        sparse) still run on this plan as they are: the same params at the same data pointers (their dtypes,
+        sizes, devices and layouts then follow), gradients of their byte counts."""
+        if not (self.group is group and self.rule is rule and self.backend_name == group["backend"]
+                and self.active == rule.active_state(hyperparameters) and self.param_ids == tuple(map(id, params))):
+            return False
+        count = len(params)
+        if self.special:
+            return (tuple(map(_dtype_of, params)) == self.dtypes and self.signature == _Signature.of(params)
+                    and tuple(map(_dtype_of, grads)) == self.dtypes
+                    and np.array_equal(np.fromiter(map(_numel, grads), np.int64, count), self.signature.numels)
+                    and tuple(map(_get_device, grads)) == self.signature.devices)
+        if not np.array_equal(np.fromiter(map(_data_ptr, params), np.int64, count), self.param_pointers):
+            return False
+        if grad_bytes is None:
+            return all(grad.shape == param.shape and grad.dtype == param.dtype and grad.device == param.device
+                       for param, grad in zip(params, grads, strict=True))
+        # a gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device)
+        return np.array_equal(grad_bytes, self.param_bytes)
+
+    def state_fits(self, state_ids: tuple[int, ...]) -> bool:
+        """Whether `optimizer.state` holds the same objects, and the step counters and state tensors are where
+        they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
+        return (self.state_ids == state_ids and (self.counters is None or not self.counters.moved())
+                and np.array_equal(np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched)),
+                                   self.watched_pointers))
+
+    def backend_tensors(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> BackendTensors:
+        """The params, gradients and state as the backend takes them: DTensors as their local shards, complex
+        tensors as `torch.view_as_real` views (views sharing the storage, made anew every step)."""
+        if not self.special:
+            return BackendTensors(params, grads, self.tensors)
+        backend_params, backend_grads, tensors = list(params), list(grads), list(self.tensors)
+        for i in self.special:
+            param, grad, state = local_shards(params[i], grads[i], tensors[i])
+            if self.dtypes[i].is_complex:
+                param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                state = [torch.view_as_real(tensor) for tensor in state]
+            backend_params[i], backend_grads[i], tensors[i] = param, grad, state
+        return BackendTensors(backend_params, backend_grads, tensors)
+
+    def shard_sums(self, params: list[torch.Tensor]) -> dict[str, Any]:
+        """The `all_reduce` a backend applies to a reducing rule's per-tensor sums (one row per param) when some
+        of `params` are DTensor shards: each such row is summed over the mesh dimensions the param is sharded
+        on, so every shard finishes with the whole tensor's sums (LAMB's ‖θ‖ and ‖u‖). `{}` when there is
+        nothing to do.
+
+        Every rank has the same params with gradients (FSDP2 gives an empty shard an empty gradient), so the
+        collectives match across the group.
+        """
+        if not self.rule.reductions or not self.special:
+            return {}
+        by_group: dict[Any, list[int]] = defaultdict(list)
+        for row, param in enumerate(params):
+            if is_dtensor(param):
+                for dim, placement in enumerate(param.placements):
+                    if placement.is_shard():
+                        by_group[param.device_mesh.get_group(dim)].append(row)
+        if not by_group:
+            return {}
+
+        def all_reduce(sums: torch.Tensor) -> torch.Tensor:
+            sums = sums.clone()
+            for group, rows in by_group.items():
+                partial = sums[rows]
+                torch.distributed.all_reduce(partial, group=group)
+                sums[rows] = partial
+            return sums
+
+        return {"all_reduce": all_reduce}
+
+
+def local_shards(param: torch.Tensor, grad: torch.Tensor,
+                 tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """This rank's local tensors when `param` is a `DTensor` (FSDP2's `fully_shard`), else the arguments as given.
+
+    An elementwise rule updates a sharded param shard by shard with no communication (a reducing rule's
+    per-tensor sums are all-reduced over the shard group first, see `Plan.shard_sums`); the local tensors share
+    the DTensors' storage, so backends update them in place like any tensor (the fused ones need
+    real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
+    distributed checkpoints save it sharded.
+    """
+    if not is_dtensor(param):
+        return param, grad, tensors
+    for name, tensor in (("gradient", grad), *(("state", tensor) for tensor in tensors)):
+        if not is_dtensor(tensor) or tensor.placements != param.placements:
+            placements = getattr(tensor, "placements", "a plain tensor")
+            raise ValueError(f"a DTensor param with placements {param.placements} has a {name} with placements "
+                             f"{placements}: optimlab updates DTensors shard by shard and needs them to match")
+    return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
+
+
+def is_dtensor(tensor: Any) -> bool:
+    """Whether `tensor` is a `DTensor`, without importing torch.distributed (none exists before it is imported)."""
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    return dtensor_module is not None and isinstance(tensor, dtensor_module.DTensor)
