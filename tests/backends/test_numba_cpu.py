@@ -4,6 +4,7 @@ Every compiled variant costs about 1.5 s the first time (then it loads from the 
 float32 tests cover every variant and the other dtypes cover every rule with its default flags.
 """
 
+import importlib
 import io
 import subprocess
 import sys
@@ -303,3 +304,20 @@ def test_compiled_drivers_load_from_the_disk_cache_in_a_new_process():
                for _ in range(2)]
     hits, misses = map(int, outputs[-1].split())
     assert (hits, misses) == (1, 0)
+
+
+@pytest.mark.parametrize("module", ["numba_runtime", "numba_scalars"])
+def test_an_edit_to_the_kernels_runtime_renames_every_driver(monkeypatch, module):
+    """The intrinsics every driver compiles in (`address`, the bfloat16 conversions, the scalar kinds) are part
+    of its cached machine code: editing them alone must not let a process load kernels compiled before."""
+    from pathlib import Path
+
+    rule = RULES["sgd"]
+    source = numba_cpu.driver_source(rule, numba_cpu.Variant(
+        "float32", "float32", (("use_weight_decay", False), ("maximize", False)), (), False, ("python",) * 2))
+    before = numba_cpu.driver_module_name(rule, source)
+    edited = Path(importlib.import_module(f"optimlab.kernels.{module}").__file__)
+    original_read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda path, *arguments, **options: original_read_text(
+        path, *arguments, **options) + ("\n# edited" if path == edited else ""))
+    assert numba_cpu.driver_module_name(rule, source) != before

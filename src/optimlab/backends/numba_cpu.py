@@ -280,27 +280,35 @@ def driver(rule: Rule, variant: Variant) -> Any:
     return _DRIVERS[key]
 
 
+def driver_module_name(rule: Rule, source: str) -> str:
+    """The name of the module a driver with `source` runs in: a hash of everything its compiled code depends
+    on — the source, the rule's and helpers' bytecode, the natives, the kernels' scalar and runtime helpers
+    (`numba_scalars`, `numba_runtime`: their intrinsics are compiled into every driver) and the Numba and
+    Python versions — so that a cached kernel is never run after any of them changed."""
+    import numba
+
+    from ..kernels import numba_runtime, numba_scalars
+    from ..rules import primitives
+
+    functions = [rule.update, *([rule.reduce] if rule.reductions else []), *rule.helpers.values(),
+                 *primitives.FORMULAS.values(), *_NATIVES.values()]
+    fingerprint = [numba.__version__, sys.version, source,
+                   *(Path(module.__file__).read_text() for module in (numba_scalars, numba_runtime))]
+    fingerprint += [_code_fingerprint(function.__code__) for function in functions]
+    return f"optimlab_kernel_{rule.name}_{hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:20]}"
+
+
 def _build_driver(rule: Rule, variant: Variant) -> types.ModuleType:
     """Generate, hash and execute the driver's module (from memory: its source is never read from disk).
 
-    The module is named by a hash of the source, the rule's and helpers' bytecode, the natives and the
-    Numba and Python versions, so an edited rule never runs a stale cached kernel. Its compiled code is
-    cached only in a trusted directory (`kernel_cache.trusted_directory`).
+    The module is named by `driver_module_name`, so an edited rule or runtime never runs a stale cached kernel.
+    Its compiled code is cached only in a trusted directory (`kernel_cache.trusted_directory`).
     """
-    import numba
-
-    from ..kernels import numba_scalars
-    from ..rules import primitives
     from .kernel_cache import DriverCache, trusted_directory
 
     specialize(rule, variant.compute)  # (re)registered for this rule object before its driver imports it
     source = driver_source(rule, variant)
-    functions = [rule.update, *([rule.reduce] if rule.reductions else []), *rule.helpers.values(),
-                 *primitives.FORMULAS.values(), *_NATIVES.values()]
-    fingerprint = [numba.__version__, sys.version, source, Path(numba_scalars.__file__).read_text()]
-    fingerprint += [_code_fingerprint(function.__code__) for function in functions]
-    digest = hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:20]
-    module_name = f"optimlab_kernel_{rule.name}_{digest}"
+    module_name = driver_module_name(rule, source)
     module = sys.modules.get(module_name)
     if module is None:
         module = types.ModuleType(module_name)
