@@ -17,7 +17,9 @@ The convention, which every page follows (a new page is picked up automatically)
     extras must be ones pyproject.toml declares (installing is the wheel test's job, tests/packaging);
   - `pytest ...` (also `.venv/bin/pytest`, with `VAR=value` before it) runs with `--collect-only -q` from
     the repository root: the paths and options exist;
-  - `torchrun ...` runs from the repository root.
+  - `torchrun ...` runs from the repository root;
+  - `python ...` (also `.venv/bin/python`: a script of the repository, e.g. under benchmarks/) runs from the
+    repository root with this interpreter.
   Any other command fails the test until it is given a rule here.
 """
 
@@ -190,5 +192,7 @@ def test_shell_command_works(command: str, tmp_path: Path, request: pytest.Fixtu
              environment)
     elif program == "torchrun":
         _run([str(BIN / "torchrun"), *words[1:]], ROOT, environment)
+    elif program in ("python", ".venv/bin/python"):
+        _run([sys.executable, *words[1:]], ROOT, environment)
     else:
         pytest.fail(f"no rule for {program!r} commands: add one to this module's convention")
