@@ -75,29 +75,27 @@ def _given(error: UsageError, args: Sequence[str]) -> str | None:
     return None
 
 
-class _Command(TyperCommand):
+class _OneLineUsageErrors:
+    """Click's usage errors of a command or group, printed in one line (`_usage_error`)."""
+
     def make_context(self, info_name: str | None, args: list[str], *rest: Any, **kwargs: Any) -> Any:
         given = list(args)
         try:
-            return super().make_context(info_name, args, *rest, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)  # type: ignore[misc]
         except UsageError as error:
             _usage_error(error, given)
 
 
-class _Group(TyperGroup):
-    """Usage errors in one line; keeps the command line in `context.meta`, so the group callback can tell
-    `COMMAND --help` apart."""
+class _Command(_OneLineUsageErrors, TyperCommand):
+    pass
+
+
+class _Group(_OneLineUsageErrors, TyperGroup):
+    """Also keeps the command line in `context.meta`, so the group callback can tell `COMMAND --help` apart."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         ctx.meta["optimlab.arguments"] = list(args)
         return super().parse_args(ctx, args)
-
-    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **kwargs: Any) -> Any:
-        given = list(args)
-        try:
-            return super().make_context(info_name, args, *rest, **kwargs)
-        except UsageError as error:
-            _usage_error(error, given)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
