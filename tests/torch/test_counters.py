@@ -137,6 +137,35 @@ def test_a_failing_group_leaves_its_counters_as_they_were(backend, monkeypatch):
     assert [optimizer.state[param]["step"].item() for param in second] == [1.0, 1.0]
 
 
+def test_a_first_step_failing_in_one_group_leaves_no_state_in_any(backend, monkeypatch):
+    """Every group's plan (and state) is built before any group updates: when the first group fails, the later
+    groups' new state goes too, and the next step is torch.optim's first."""
+    only_through_step(monkeypatch, backend)
+    first, second = params_pair()
+    optimizer = optimlab.torch.NAdam([{"params": first, "lr": 0.5}, {"params": second}], lr=0.01, backend=backend)
+    grads = gradients(1)[0]
+    real_step = BACKENDS[backend].step
+
+    def failing_for_the_first_group(rule, hyperparameters, *arguments, **options):
+        if hyperparameters["lr"] == 0.5:
+            raise RuntimeError("backend failure")
+        real_step(rule, hyperparameters, *arguments, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BACKENDS[backend], "step", failing_for_the_first_group)
+        with pytest.raises(RuntimeError, match="backend failure"):
+            step_with(optimizer, first + second, grads + grads)
+    assert dict(optimizer.state) == {}
+    theirs = [param.detach().clone().requires_grad_() for param in first + second]
+    reference = torch.optim.NAdam([{"params": theirs[:2], "lr": 0.5}, {"params": theirs[2:]}], lr=0.01)
+    step_with(optimizer, first + second, grads + grads)
+    step_with(reference, theirs, grads + grads)
+    for mine, torchs in zip(first + second, theirs, strict=True):
+        torch.testing.assert_close(mine, torchs, rtol=1e-12, atol=1e-15)
+        for key, value in reference.state[torchs].items():
+            torch.testing.assert_close(optimizer.state[mine][key].double(), value.double(), rtol=1e-12, atol=1e-15)
+
+
 ALL_COUNTING = """
 import sys
 import torch

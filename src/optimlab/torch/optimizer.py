@@ -130,8 +130,13 @@ class Optimizer(torch.optim.Optimizer):
         if group_steps is None:
             self.skipped_steps += 1
             return loss
-        for group_step in group_steps:
-            self._update_group(group_step, grad_scale)
+        for position, group_step in enumerate(group_steps):
+            try:
+                self._update_group(group_step, grad_scale)
+            except BaseException:
+                for later in group_steps[position + 1:]:  # never ran: the state their plans created goes too
+                    self._drop_created_state(later)
+                raise
         _plans.remember_state(self, group_steps)
         return loss
 
@@ -153,14 +158,21 @@ class Optimizer(torch.optim.Optimizer):
         except BaseException:
             for tensor, value in scalar_state:
                 tensor.copy_(value)
-            for param, names in zip(params, group_step.created, strict=False):  # (none created by a plan in use)
-                for name in names:
-                    del self.state[param][name]
-            if any(group_step.created):
-                del self._plans[group_step.index]  # it holds the state just dropped
+            self._drop_created_state(group_step)
             raise
         if plan.counters is not None:
             plan.counters.advance()
+
+    def _drop_created_state(self, group_step: GroupStep) -> None:
+        """Drop the state this step's plan build created for the group (a param left with none is forgotten,
+        as before the step), and the plan that holds it."""
+        for param, names in zip(group_step.params, group_step.created, strict=False):  # (none: a plan in use)
+            for name in names:
+                del self.state[param][name]
+            if names and not self.state[param]:
+                del self.state[param]
+        if any(group_step.created):
+            del self._plans[group_step.index]
 
     @staticmethod
     def _params_by_step(group_step: GroupStep) -> dict[float, list[int]]:
