@@ -229,3 +229,25 @@ def test_read_only_install_with_an_unwritable_home(backend_name):
     finally:
         _make_writable(root)
         shutil.rmtree(root)
+
+
+def test_nadam_params_at_different_steps_advance_their_own_mu_product(backend):
+    """Params of one group that joined at different steps (a gradient missing on some steps) keep their own
+    `mu_product`, advanced in float32 as torch.optim.NAdam does. `mu_product` is advanced for all params of a
+    step count at once (stacked); each must still get its own value and its own bucket of coefficients."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(n)) for n in (3, 1, 5, 2)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    optimizer = optimlab.torch.NAdam(ours, lr=0.05, weight_decay=0.01, backend=backend)
+    reference = torch.optim.NAdam(theirs, lr=0.05, weight_decay=0.01, foreach=False)
+    for step in range(6):
+        for i, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
+            grad = torch.randn(mine.shape) if step >= i else None  # param i first gets a gradient at step i
+            mine.grad = grad
+            other.grad = None if grad is None else grad.clone()
+        optimizer.step()
+        reference.step()
+    for mine, other in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, other, rtol=1e-6, atol=1e-7)
+        assert optimizer.state[mine]["mu_product"].dtype == torch.float32
+        assert optimizer.state[mine]["mu_product"].item() == reference.state[other]["mu_product"].item()

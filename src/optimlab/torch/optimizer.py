@@ -149,15 +149,14 @@ class Optimizer(torch.optim.Optimizer):
         """
         plan, rule, params = group_step.plan, group_step.rule, group_step.params
         buckets = self._params_by_step(group_step)
-        scalar_state = [(tensor, tensor.clone()) for param in params
-                        for tensor in map(self.state[param].__getitem__, rule.scalar_state)]
+        scalar_state = _ScalarStateSnapshot([self.state[param][name] for param in params
+                                             for name in rule.scalar_state])
         try:
             tensors = plan.backend_tensors(params, group_step.grads)
             for coefficients, indices in self._coefficients(rule, group_step.hyperparameters, params, buckets):
                 self._run_backend(group_step, tensors, coefficients, indices, grad_scale)
         except BaseException:
-            for tensor, value in scalar_state:
-                tensor.copy_(value)
+            scalar_state.restore()
             self._drop_created_state(group_step)
             raise
         if plan.counters is not None:
@@ -223,18 +222,29 @@ class Optimizer(torch.optim.Optimizer):
         For rules with scalar state (NAdam's `mu_product`) each param's 0-dim tensors are advanced in place,
         in their own float32 arithmetic as `torch.optim` does, and params are bucketed again by the values
         (all equal unless params joined at different steps); `coefficients` gets them as Python floats, the
-        `_get_value(mu_product)` of `torch.optim`.
+        `_get_value(mu_product)` of `torch.optim`. The rule's `scalar_update` runs once per bucket on the
+        stacked values (elementwise, so each element rounds as its own 0-dim tensor would), not once per param:
+        three tensor ops and one host transfer per step instead of three per param.
         """
         if not rule.scalar_state:
             return [(rule.coefficients(step, **hyperparameters), indices) for step, indices in buckets.items()]
         by_values: dict[tuple[float, ...], list[int]] = defaultdict(list)
         for step, indices in buckets.items():
+            by_kind: dict[tuple[Any, ...], list[int]] = defaultdict(list)  # stackable: same dtypes and devices
             for i in indices:
                 state = self.state[params[i]]
-                advanced = rule.advance_scalar_state(step, state, hyperparameters)
+                by_kind[tuple((state[name].dtype, state[name].device) for name in rule.scalar_state)].append(i)
+            for members in by_kind.values():
+                tensors = {name: [self.state[params[i]][name] for i in members] for name in rule.scalar_state}
+                advanced = rule.advance_scalar_state(
+                    step, {name: torch.stack(values) for name, values in tensors.items()}, hyperparameters)
+                rows = []
                 for name in rule.scalar_state:
-                    state[name].copy_(advanced[name])
-                by_values[(step, *(state[name].item() for name in rule.scalar_state))].append(i)
+                    values = advanced[name].to(tensors[name][0].dtype)
+                    torch._foreach_copy_(tensors[name], list(values.unbind()))
+                    rows.append(values.tolist())
+                for i, values in zip(members, zip(*rows, strict=True), strict=True):
+                    by_values[(step, *values)].append(i)
         return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True))),
                  indices) for (step, *values), indices in by_values.items()]
 
@@ -287,3 +297,18 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group, backend in zip(self.param_groups, backends, strict=True):
             group["backend"] = backend
+
+
+class _ScalarStateSnapshot:
+    """The values of a group's per-param scalar state (0-dim tensors) before a step, to put back if it fails:
+    one stacked copy per dtype and device, not one clone per param."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        by_kind: dict[tuple[Any, ...], list[torch.Tensor]] = defaultdict(list)
+        for tensor in tensors:
+            by_kind[(tensor.dtype, tensor.device)].append(tensor)
+        self._saved = [(members, torch.stack(members)) for members in by_kind.values()]
+
+    def restore(self) -> None:
+        for members, values in self._saved:
+            torch._foreach_copy_(members, list(values.unbind()))
