@@ -44,7 +44,8 @@ def _train(model, optimizer, steps, dtype, seed=0):
 
 def _assert_same(ours, theirs, dtype, what):
     for index, (mine, reference) in enumerate(zip(ours, theirs, strict=True)):
-        torch.testing.assert_close(mine, reference, **TOLERANCE[dtype], msg=f"{what} {index} differs")
+        torch.testing.assert_close(mine, reference, **TOLERANCE[dtype],
+                                   msg=lambda text, index=index: f"{what} {index}: {text}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -77,8 +78,8 @@ def test_with_gradients_of_their_own_the_momentum_is_torchs_bit_for_bit():
         reference.step()
         optimizer.step()
     for mine, reference_param in zip(ours, theirs, strict=True):
-        buffer, reference_buffer = optimizer.state[mine], reference.state[reference_param]
-        assert torch.equal(buffer["momentum_buffer"], reference_buffer["momentum_buffer"])
+        state, reference_state = optimizer.state[mine], reference.state[reference_param]
+        assert torch.equal(state["momentum_buffer"], reference_state["momentum_buffer"])
         torch.testing.assert_close(mine, reference_param, rtol=0, atol=STEPS * 2 ** -22)
 
 
