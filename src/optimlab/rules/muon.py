@@ -16,6 +16,9 @@ The math is cut where the rule contract cuts it: the elementwise momentum (`mome
 stage (`orthogonalize`, contract stage (f): a function of the whole matrix, the direction orthogonalized and the
 shape's learning rate), and the elementwise update applying it. Fused backends decline the tensor stage and
 `backend="auto"` falls back to eager. Only 2-D params: anything else raises `ValueError`, as torch's Muon.
+One difference from torch 2.13 on purpose: its Newton–Schulz divides its input in place, and for bfloat16
+params without Nesterov that input *is* the momentum buffer (`bfloat16()` of a bfloat16 tensor is itself), which
+torch thus normalizes every step; here the buffer stays the average B_t.
 """
 
 from __future__ import annotations
