@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import optimlab.torch
-from optimlab.backends import BACKENDS
+from optimlab.backends import BACKENDS, resolve
 from optimlab.rules.muon import RULE
 
 STEPS = 10
@@ -122,6 +122,24 @@ def test_a_named_fused_backend_declines_with_its_reason_and_nothing_changes():
     with pytest.raises(ValueError, match=r"^backend 'numba' cannot run muon here: .*tensor stage \(matrix math\)$"):
         optimizer.step()
     assert torch.equal(param.detach(), torch.ones(3, 2)) and not optimizer.state
+
+
+def test_a_plan_rebuilt_for_another_backend_resolves_it_again():
+    """Switching a group's backend rebuilds its plan: to "numba" it is refused before anything changes, back to
+    "auto" it runs on eager again."""
+    param = torch.nn.Parameter(torch.ones(3, 2))
+    optimizer = optimlab.torch.Muon([param], lr=0.1)
+    param.grad = torch.ones(3, 2)
+    optimizer.step()
+    after_one, buffer = param.detach().clone(), optimizer.state[param]["momentum_buffer"].clone()
+    optimizer.param_groups[0]["backend"] = "numba"
+    with pytest.raises(ValueError, match="tensor stage"):
+        optimizer.step()
+    assert torch.equal(param.detach(), after_one) and torch.equal(optimizer.state[param]["momentum_buffer"], buffer)
+    optimizer.param_groups[0]["backend"] = "auto"
+    optimizer.step()
+    assert not torch.equal(param.detach(), after_one) and optimizer._plans[0].backend.name == "eager"
+    assert resolve("auto", RULE, RULE.defaults(), [param], None).name == "eager"
 
 
 def test_triton_declines_the_tensor_stage_too(monkeypatch):
