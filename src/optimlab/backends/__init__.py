@@ -19,6 +19,9 @@ of it), where
   each tensor, passes the sums (a tensor with one row per param) through `all_reduce` when the front end
   gives one (DTensor shards: the sum over the shard group), and feeds `rule.finish`'s per-tensor
   coefficients to the update. The front end passes `all_reduce` only to such rules.
+* for a rule with a tensor stage (`rule.tensor_stage`: matrix math over each whole param, Muon's
+  Newton–Schulz), a backend that runs it evaluates it on every param before any update and hands `update` its
+  tensors in the param's dtype; one that cannot (the fused Numba and Triton backends) declines in `supports`.
 
 Optionally, `step_counters(counters)` takes the params' `step` tensors and returns an object that advances
 them faster than the front end's portable `optimlab.torch._counters.StepCounters` (one `torch._foreach_add_`),

@@ -7,16 +7,21 @@ dtype, DTensors — so it is registered last: `backend="auto"` falls back to it.
 
 State kept in a lower-precision `state_dtype` is read widened to the param's dtype, so the rule computes in
 the param's precision, and `copy_` rounds the result to nearest-even on store.
+
+A rule's tensor stage (Muon's Newton–Schulz) runs on each whole param: a DTensor shard holds part of a matrix,
+so `supports` declines sharded DTensors for such rules (there is then no backend for them: the error says why).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..rules import Rule
+from ..rules.base import in_dtype_of
 from . import register
 
 
@@ -33,6 +38,9 @@ class Eager:
                 return f"eager: expected torch tensors, got {type(param).__name__}"
             if not param.is_floating_point():
                 return f"eager: floating-point tensors only, got {param.dtype}"
+        if rule.tensor_stage is not None and any(map(_is_sharded, params)):
+            return (f"eager: {rule.name}'s tensor stage needs each whole matrix, and a sharded DTensor param "
+                    f"holds part of one (gather it, or shard the optimizer by whole params)")
         return None
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
@@ -43,7 +51,8 @@ class Eager:
 
         A rule with reductions runs in two passes: the per-tensor sums of `rule.reduce`'s terms (one row per
         param), passed through `all_reduce` where given (the front end's sum over DTensor shards), then
-        `rule.finish` and the update with each tensor's coefficients.
+        `rule.finish` and the update with each tensor's coefficients. A rule with a tensor stage runs it on
+        every param first, then the updates.
         """
         active = rule.active_state(hyperparameters)
         position = {name: index for index, name in enumerate(active)}
@@ -63,12 +72,32 @@ class Eager:
                 sums = all_reduce(sums)
             finished = [rule.finish(*row) for row in sums.unbind()]
             per_tensor = [[each[name] for name in rule.tensor_coefficients] for each in finished]
+        if rule.tensor_stage is not None:
+            per_tensor = _tensor_stage(rule, work, scalars)
         for (param, grad, state, arguments), extra in zip(work, per_tensor, strict=True):
+            extra = [in_dtype_of(value, param) for value in extra]  # (a tensor stage's, in the param's dtype)
             new_param, *new_state = rule.update(param, grad, *arguments, *scalars, *extra)
             param.copy_(new_param)
             for name, value in zip(rule.state_names, new_state, strict=True):
                 if name in position:
                     state[position[name]].copy_(value)
+
+
+def _tensor_stage(rule: Rule, work: list[tuple[Any, ...]], scalars: list[Any]) -> list[list[Any]]:
+    """Each param's tensor-stage values, every param's computed before any is updated: a stage that raises
+    (a param that is not a matrix) leaves the whole group as it was. They stay as the stage returns them
+    (Muon's bfloat16 matrices) until their param's update widens them."""
+    staged = [rule.tensor_stage(param, grad, *arguments, *scalars) for param, grad, _, arguments in work]
+    return [[values[name] for name in rule.tensor_coefficients] for values in staged]
+
+
+def _is_sharded(param: Any) -> bool:
+    """Whether `param` is a DTensor with a placement other than `Replicate` (its local tensor is not the whole).
+
+    Read without importing torch.distributed: no DTensor exists before it is imported."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return (dtensor is not None and isinstance(param, dtensor.DTensor)
+            and not all(placement.is_replicate() for placement in param.placements))
 
 
 BACKEND = register(Eager())

@@ -571,11 +571,14 @@ class NumbaCPU:
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
-        """None if every param is a dense, contiguous CPU float32/float64/bfloat16 tensor.
+        """None if every param is a dense, contiguous CPU float32/float64/bfloat16 tensor (and the rule has no
+        tensor stage).
 
         The PyTorch front end asks when it (re)builds a group's plan: on the first step, and when a param's
         dtype, shape, device or layout changed since (it checks those every step).
         """
+        if rule.tensor_stage is not None:  # matrix math over whole tensors: eager runs it
+            return f"numba: compiles elementwise passes only, not {rule.name}'s tensor stage (matrix math)"
         if state_dtype is not None and state_dtype not in _DTYPES:
             return f"numba: state dtype {state_dtype} not supported (float32, float64, bfloat16)"
         for param in params:

@@ -369,10 +369,13 @@ class TritonBackend:
 
     def supports(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[Any],
                  state_dtype: Any) -> str | None:
-        """None if Triton is installed and every param is a contiguous floating tensor on the right device.
+        """None if Triton is installed and every param is a contiguous floating tensor on the right device (and
+        the rule has no tensor stage).
 
         Called by the front end on every step: one pass over the params, then checks per distinct kind.
         """
+        if rule.tensor_stage is not None:  # matrix math over whole tensors: eager runs it
+            return f"triton: compiles elementwise kernels only, not {rule.name}'s tensor stage (matrix math)"
         kinds = {(type(param), param.device.type, param.dtype) for param in params}
         devices = {device for _, device, _ in kinds}
         if devices <= {"cpu"} and os.environ.get("TRITON_INTERPRET", "0").lower() in ("", "0", "false", "off", "no"):

@@ -19,6 +19,12 @@ breaks it fails at import with the reason, not later inside a kernel:
 * per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
   `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
   per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
+* a tensor stage (stage (f): Muon's Newton–Schulz orthogonalization) is `tensor_stage(param, grad, *state,
+  *coefficients)`, a function of whole tensors written with arithmetic, the natives and the matrix natives
+  (`matrix.MATRIX_NATIVE`), returning the per-tensor values named in `tensor_coefficients` (tensors of the
+  param's shape, or scalars) that `update` takes last. Backends evaluate it as it is on NumPy arrays or torch
+  tensors and hand `update` its tensors in the param's dtype (torch's type promotion); fused backends decline
+  it. A rule's per-tensor coefficients come from its reductions or its tensor stage, not both;
 * the functions `update` calls are natives (`primitives.NATIVE`), formulas (`primitives.FORMULAS`) or the
   rule's own plain-arithmetic helpers, found from its code (`Rule.helpers`) and compiled with it;
 * no name a rule uses starts with `_ol_`: generated kernel code keeps its own names under that prefix.
@@ -74,6 +80,7 @@ class Rule:
     reduce: Callable[..., tuple] | None = None
     finish: Callable[..., dict[str, Any]] | None = None
     tensor_coefficients: tuple[str, ...] = ()
+    tensor_stage: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -114,7 +121,7 @@ class Rule:
 
         `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
         Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
-        tensors, one per configuration).
+        tensors, one per configuration). A tensor stage takes the whole of `param` (no `tensor_axes`).
         """
         scalars = self.advance_scalar_state(step, state, hyperparameters)
         coefficients = self.coefficients(step, **hyperparameters, **scalars)
@@ -126,6 +133,11 @@ class Rule:
             sums = [_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
             finished = self.finish(*sums)
             per_tensor = [finished[name] for name in self.tensor_coefficients]
+        if self.tensor_stage is not None:
+            if tensor_axes is not None:
+                raise ValueError(f"{self.name}: its tensor stage takes whole tensors, not rows of one (tensor_axes)")
+            staged = self.tensor_stage(param, grad, *arguments, *per_step)
+            per_tensor = [in_dtype_of(staged[name], param) for name in self.tensor_coefficients]
         new_param, *new_state = self.update(param, grad, *arguments, *per_step, *per_tensor)
         updated = zip(self.state_names, new_state, strict=True)
         return new_param, {**{name: value for name, value in updated if name in active}, **scalars}
@@ -249,6 +261,7 @@ def check_contract(rule: Rule) -> None:
         finished = rule.finish(*(1.0 for _ in rule.reductions))
         if set(finished) != set(rule.tensor_coefficients):
             fail(f"finish returns {sorted(finished)}, the tensor coefficients are {sorted(rule.tensor_coefficients)}")
+    _check_tensor_stage(rule, names, fail)
     if tuple(names[len(names) - len(rule.tensor_coefficients):]) != tuple(rule.tensor_coefficients):
         fail(f"update's last parameters must be the per-tensor coefficients {rule.tensor_coefficients}")
     coefficient_names = coefficient_names[:len(coefficient_names) - len(rule.tensor_coefficients)]
@@ -266,6 +279,29 @@ def check_contract(rule: Rule) -> None:
     active = tuple(rule.active_state(rule.hyperparameters))
     if not set(active) <= set(rule.state_names):
         fail(f"active_state names {sorted(set(active) - set(rule.state_names))}, not in {rule.state_names}")
+
+
+def _check_tensor_stage(rule: Rule, names: list[str], fail: Callable[[str], None]) -> None:
+    """The tensor stage's part of the contract: its signature, and no reductions beside it."""
+    if rule.tensor_stage is None:
+        return
+    if rule.reductions:
+        fail("per-tensor coefficients come from reductions or from a tensor stage, not both")
+    if not rule.tensor_coefficients:
+        fail("a tensor stage returns the per-tensor coefficients update takes last: name them in tensor_coefficients")
+    leading = names[:len(names) - len(rule.tensor_coefficients)]
+    if list(inspect.signature(rule.tensor_stage).parameters) != leading:
+        fail(f"tensor_stage takes update's parameters before the per-tensor coefficients {tuple(leading)}, "
+             f"got {tuple(inspect.signature(rule.tensor_stage).parameters)}")
+
+
+def in_dtype_of(value: Any, param: Any) -> Any:
+    """A tensor stage's `value` in `param`'s dtype where it is a tensor or array of another one (bfloat16
+    Newton–Schulz widened exactly, as torch's `param.add_(update)` promotes it); scalars as they are."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or getattr(value, "ndim", 0) == 0 or dtype == getattr(param, "dtype", dtype):
+        return value
+    return value.to(param.dtype) if hasattr(value, "new_tensor") else value.astype(param.dtype)
 
 
 def _sum(term: Any, axes: tuple[int, ...] | None) -> Any:

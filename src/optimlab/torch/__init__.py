@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._extras import requires_extra
-from ..rules import REGISTRY, RULES, Rule, lookup
+from ..rules import REGISTRY, RULES, Rule, lookup, muon
 
 with requires_extra("optimlab.torch"):
     import torch
@@ -244,6 +244,46 @@ class Lion(_RuleOptimizer):
         super().__init__(params, defaults)
 
 
+class Muon(_RuleOptimizer):
+    """`torch.optim.Muon` (Jordan et al. 2024): momentum B ← μB + (1 − μ)g, its (Nesterov) direction
+    orthogonalized by Newton–Schulz in bfloat16, θ ← θ (1 − ηλ) − η_adj NS(B̃), for 2-D params only.
+
+    The Newton–Schulz step is a tensor stage of the rule (matrix products over each whole param): the fused
+    backends decline it, so `backend="auto"` runs it on eager and `backend="numba"` raises why. A param
+    sharded as a DTensor (FSDP2) holds part of a matrix and is refused. State as torch's (`momentum_buffer`,
+    no `step`), so checkpoints interchange both ways. Not in the registry: the lab, trace and playground
+    run on 2-D points, vectors, where Muon's matrix step has no meaning (docs/adding-an-optimizer.md).
+    """
+
+    torch_name = "Muon"
+    rule = muon.RULE
+    counts_steps = False
+    supports_complex = False
+    setstate_defaults = {"differentiable": False}  # read by torch.optim's step decorator; torch's Muon lacks it
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-3, weight_decay: float = 0.1,
+                 momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315), eps: float = 1e-7,
+                 ns_steps: int = 5, adjust_lr_fn: str | None = None, *, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                    "ns_coefficients": ns_coefficients, "eps": eps, "ns_steps": ns_steps, "adjust_lr_fn": adjust_lr_fn,
+                    "differentiable": False, **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refuse params that are not matrices with torch's error: torch checks those given to its constructor,
+        and this check covers groups added later too (torch's step raises for them)."""
+        params = param_group["params"]
+        if not isinstance(params, (torch.Tensor, set)):  # (a set: torch's TypeError follows)
+            param_group["params"] = params = list(params)  # as torch does: a generator is read once
+        for param in [params] if isinstance(params, torch.Tensor) else params:
+            if isinstance(param, torch.Tensor) and param.ndim != 2:
+                raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: "
+                                 f"{param.size()}")
+        super().add_param_group(param_group)
+
+
 def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
     """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
 
@@ -261,5 +301,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "NAdam", "Optimizer", "RMSprop", "backends",
-           "create"]
+__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Muon", "NAdam", "Optimizer", "RMSprop",
+           "backends", "create"]

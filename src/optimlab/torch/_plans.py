@@ -166,6 +166,8 @@ def params_with_grad(optimizer: Optimizer, group: Mapping[str, Any]
         grad_bytes = np.fromiter(map(_nbytes_of, grads), np.int64, len(grads))
     except RuntimeError:
         grad_bytes = None
+    if not optimizer.supports_complex and any(map(_is_complex, params)):
+        raise RuntimeError(f"{optimizer.torch_name} does not support complex parameters")
     if grad_bytes is not None and (group["state_dtype"] is None or not any(map(_is_complex, params))):
         return params, grads, grad_bytes
     for param, grad in zip(params, grads, strict=True):

@@ -66,6 +66,8 @@ class Optimizer(torch.optim.Optimizer):
     counts_steps: bool = True
     #: Whether a sparse gradient may run through the rule (Adagrad, as in PyTorch).
     supports_sparse: bool = False
+    #: Whether complex params run (as real views); PyTorch's Muon refuses them in its step.
+    supports_complex: bool = True
     #: Group keys added in later PyTorch versions, with the values PyTorch's own `__setstate__` gives them when
     #: a state dict (written by an older PyTorch) lacks them: such state dicts load as in `torch.optim`.
     setstate_defaults: Mapping[str, Any] = {}
