@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..rules import Rule
+from ..rules.base import group_totals
 from . import register
 
 
@@ -43,7 +44,8 @@ class Eager:
 
         A rule with reductions runs in two passes: the per-tensor sums of `rule.reduce`'s terms (one row per
         param), passed through `all_reduce` where given (the front end's sum over DTensor shards), then
-        `rule.finish` and the update with each tensor's coefficients.
+        `rule.finish` (of each group reduction's total over the rows, `group_totals`) and the update with each
+        tensor's coefficients.
         """
         active = rule.active_state(hyperparameters)
         position = {name: index for index, name in enumerate(active)}
@@ -61,8 +63,10 @@ class Eager:
                                 for param, grad, _, arguments in work])
             if all_reduce is not None:
                 sums = all_reduce(sums)
-            finished = [rule.finish(*row) for row in sums.unbind()]
-            per_tensor = [[each[name] for name in rule.tensor_coefficients] for each in finished]
+            finished = rule.finish(*group_totals(rule, list(sums.T)))
+            # one value per tensor of each coefficient (a group reduction's, the same for all)
+            values = [torch.as_tensor(finished[name]).expand(len(work)).unbind() for name in rule.tensor_coefficients]
+            per_tensor = [list(row) for row in zip(*values, strict=True)] if values else per_tensor
         for (param, grad, state, arguments), extra in zip(work, per_tensor, strict=True):
             new_param, *new_state = rule.update(param, grad, *arguments, *scalars, *extra)
             param.copy_(new_param)
