@@ -85,15 +85,15 @@ class NumpyClippedMomentum(optimlab.numpy.Optimizer):
     rule = RULE
 
 
-def torch_reference(params: list[torch.nn.Parameter], settings: Mapping[str, Any]) -> Callable[[], None]:
-    """`step()`: `clip_grad_norm_` of the params with gradients, then `torch.optim.SGD`'s step."""
-    hyper = RULE.defaults(**settings)
-    sgd = torch.optim.SGD(params, lr=hyper["lr"], momentum=hyper["momentum"], dampening=hyper["dampening"],
-                          weight_decay=hyper["weight_decay"])
+class TorchClippedMomentum(torch.optim.SGD):
+    """The reference: `clip_grad_norm_` of the params with gradients, then `torch.optim.SGD`'s step."""
 
-    def step() -> None:
-        torch.nn.utils.clip_grad_norm_([param for param in params if param.grad is not None], hyper["max_norm"])
-        sgd.step()
+    def __init__(self, params: Iterable[Any], **settings: Any) -> None:
+        hyper = RULE.defaults(**settings)
+        self.max_norm = hyper.pop("max_norm")
+        super().__init__(params, **hyper)
 
-    return step
-
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        with_grad = [param for group in self.param_groups for param in group["params"] if param.grad is not None]
+        torch.nn.utils.clip_grad_norm_(with_grad, self.max_norm)
+        return super().step(closure)

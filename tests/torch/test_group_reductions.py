@@ -5,7 +5,7 @@ clipping by the global gradient norm, tests/distributed/clipped_momentum.py) on 
 import numpy as np
 import pytest
 import torch
-from tests.distributed.clipped_momentum import RULE, ClippedMomentum, NumpyClippedMomentum, torch_reference
+from tests.distributed.clipped_momentum import RULE, ClippedMomentum, NumpyClippedMomentum, TorchClippedMomentum
 
 from optimlab.backends import BACKENDS
 
@@ -57,7 +57,7 @@ def _run_both(backend, dtypes, present):
     ours = [torch.nn.Parameter(param.clone()) for param in params]
     theirs = [torch.nn.Parameter(param.clone()) for param in params]
     _train(ClippedMomentum(ours, backend=backend, **SETTINGS).step, ours, gradients, present)
-    _train(torch_reference(theirs, SETTINGS), theirs, gradients, present)
+    _train(TorchClippedMomentum(theirs, **SETTINGS).step, theirs, gradients, present)
     return params, gradients, ours, theirs
 
 
