@@ -8,6 +8,10 @@ on a given backend — under the same parallelism, and asserts the results agree
   Adagrad, RMSprop, Adam, AdamW);
 * `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
   tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
+* `fsdp2_clipped_*`: SGD with momentum after clipping by the global gradient norm (a rule from outside the
+  package with a group reduction, `clipped_momentum.py`) on `fully_shard`-ed params against
+  `clip_grad_norm_` and `torch.optim.SGD` on the whole tensors under DDP: every shard clips by the norm of
+  the whole model (partial sums all-reduced, then totalled over the group);
 * `zero_*`: `ZeroRedundancyOptimizer(optimizer_class=...)`, its state dict consolidated on rank 0 and
   loaded back;
 * `dcp_*`: `torch.distributed.checkpoint` under FSDP2, saved mid-training and restored into a fresh model and
@@ -171,6 +175,33 @@ def fsdp2_lamb(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
                          "LAMB params trained on FSDP2 shards against the whole tensors under DDP", backend)
 
 
+def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    """The last layer's bias (one element: rank 1's shard is empty) gets no gradient in the first step, so from
+    the second on its momentum is a step behind: two backend calls in one group, one norm over both."""
+    from clipped_momentum import ClippedMomentum, TorchClippedMomentum
+
+    settings = {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01, "max_norm": 0.1}
+
+    def run(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        late = list(model.parameters())[-1]
+        for step in range(STEPS):
+            inputs, targets = batch(rank, step)
+            nn.functional.mse_loss(model(inputs), targets).backward()
+            if step == 0:
+                late.grad = None
+            optimizer.step()
+            optimizer.zero_grad()
+
+    model = sharded_model(world_size)
+    run(model, ClippedMomentum(model.parameters(), backend=backend, **settings))
+    sharded = {name: param.full_tensor().detach() for name, param in model.named_parameters()}
+    whole = tiny_model()
+    wrapped = DistributedDataParallel(whole)
+    run(wrapped, TorchClippedMomentum(wrapped.parameters(), **settings))
+    assert_matches_torch(sharded, {name: param.detach() for name, param in whole.named_parameters()},
+                         "clipped momentum on FSDP2 shards against clip_grad_norm_ + SGD under DDP", backend)
+
+
 def fsdp2_mismatched_gradient(rank: int, world_size: int, workdir: Path) -> None:
     """A DTensor param whose gradient is sharded differently is refused, not updated element by wrong element."""
     import optimlab.torch
@@ -272,5 +303,6 @@ for _backend in BACKENDS:
     globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
     globals()[f"fsdp2_lamb_{_backend}"] = functools.partial(fsdp2_lamb, backend=_backend)
+    globals()[f"fsdp2_clipped_{_backend}"] = functools.partial(fsdp2_clipped, backend=_backend)
     globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)
     globals()[f"dcp_resume_{_backend}"] = functools.partial(dcp_resume, backend=_backend)

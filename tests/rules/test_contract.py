@@ -43,6 +43,8 @@ def test_a_rule_that_keeps_the_contract_constructs():
     ({"name": "_ol_toy"}, "start with '_ol_'"),
     ({"name": "my-rule"}, "must be a Python identifier"),
     ({"active_state": lambda hyper: ("exp_avg_sq",)}, "active_state names"),
+    ({"group_reductions": ("grad_norm_sq",)}, r"group_reductions \('grad_norm_sq',\) must be a tuple of distinct "
+     r"names among the reductions \(\)"),
     ({"validate": lambda hyper: (_ for _ in ()).throw(ValueError("Invalid lr: 0.1"))},
      "default hyperparameters are invalid"),
 ])

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..rules import Rule
-from ..rules.base import in_dtype_of
+from ..rules.base import group_totals, in_dtype_of
 from . import register
 
 
@@ -51,8 +51,8 @@ class Eager:
 
         A rule with reductions runs in two passes: the per-tensor sums of `rule.reduce`'s terms (one row per
         param), passed through `all_reduce` where given (the front end's sum over DTensor shards), then
-        `rule.finish` and the update with each tensor's coefficients. A rule with a tensor stage runs it on
-        every param first, then the updates.
+        `rule.finish` (of each group reduction's total over the rows, `group_totals`) and the update with each
+        tensor's coefficients. A rule with a tensor stage runs it on every param first, then the updates.
         """
         active = rule.active_state(hyperparameters)
         position = {name: index for index, name in enumerate(active)}
@@ -70,8 +70,10 @@ class Eager:
                                 for param, grad, _, arguments in work])
             if all_reduce is not None:
                 sums = all_reduce(sums)
-            finished = [rule.finish(*row) for row in sums.unbind()]
-            per_tensor = [[each[name] for name in rule.tensor_coefficients] for each in finished]
+            finished = rule.finish(*group_totals(rule, list(sums.T)))
+            # one value per tensor of each coefficient (a group reduction's, the same for all)
+            values = [torch.as_tensor(finished[name]).expand(len(work)).unbind() for name in rule.tensor_coefficients]
+            per_tensor = [list(row) for row in zip(*values, strict=True)] if values else per_tensor
         if rule.tensor_stage is not None:
             per_tensor = _tensor_stage(rule, work, scalars)
         for (param, grad, state, arguments), extra in zip(work, per_tensor, strict=True):

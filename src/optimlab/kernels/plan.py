@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..rules import Rule
-from ..rules.base import RESERVED_PREFIX
+from ..rules.base import RESERVED_PREFIX, group_totals
 
 #: The prefix of every generated name that could meet a rule's names; a rule may not use it (see `Rule`).
 PREFIX = RESERVED_PREFIX
@@ -124,8 +124,9 @@ class KernelPlan:
     def finish(self, sums: Any, column: Callable[[Any], Any]) -> list[Any]:
         """Stage (a)'s last step, on the host: `rule.finish` of the per-tensor `sums` (one row per tensor, one
         column per reduction; a NumPy array or a tensor), and each tensor coefficient as `column(value)` (a
-        backend's array of one value per tensor), in `rule.tensor_coefficients`' order."""
-        finished = self.rule.finish(*sums.T)
+        backend's array of one value per tensor), in `rule.tensor_coefficients`' order. A group reduction's
+        column is finished as its total over the rows (stage (c), `rules.base.group_totals`)."""
+        finished = self.rule.finish(*group_totals(self.rule, list(sums.T)))
         return [column(finished[name]) for name in self.rule.tensor_coefficients]
 
 

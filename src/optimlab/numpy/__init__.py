@@ -21,29 +21,35 @@ from ..rules import REGISTRY, Entry, Rule, lookup
 
 
 class Optimizer:
-    """Base class: holds one rule, its validated hyperparameters, and per-array state."""
+    """Base class: holds one rule, its validated hyperparameters, and per-array state.
+
+    A subclass names a registered optimizer (`optimizer_name`), or sets `rule` to a rule of its own.
+    """
 
     optimizer_name: str = ""
+    rule: Rule
     default_lr: float = 0.01
 
     def __init__(self, lr: float | None = None, **hyperparameters: Any) -> None:
-        rule, overrides = lookup(self.optimizer_name)
-        self.rule: Rule = rule
+        rule, overrides = lookup(self.optimizer_name) if self.optimizer_name else (self.rule, {})
+        self.rule = rule
         settings = {**overrides, **hyperparameters, "lr": self.default_lr if lr is None else lr}
         self.hyperparameters: dict[str, Any] = rule.defaults(**settings)
         self.state: dict[Any, dict[str, Any]] = {}
 
     def update(self, params: Mapping[Any, np.ndarray] | Sequence[np.ndarray],
                grads: Mapping[Any, np.ndarray] | Sequence[np.ndarray]) -> None:
-        """Apply one step to every array in `params`, in place."""
-        for key, param, grad in _pairs(params, grads):
-            state = self.state.get(key)
-            if state is None:
-                state = self.state[key] = self._initial_state(param)
-            step = state["step"] + 1
-            names = (*self.rule.active_state(self.hyperparameters), *self.rule.scalar_state)
-            new_param, new_state = self.rule.step(param, grad, {name: state[name] for name in names}, step,
-                                                  self.hyperparameters)
+        """Apply one step to every array in `params`, in place: the arrays of one call are one param group
+        (`Rule.step_group`: a group reduction, such as clipping's global norm, spans all of them)."""
+        items = _pairs(params, grads)
+        states = [self.state.get(key) or self._initial_state(param) for key, param, _ in items]
+        names = (*self.rule.active_state(self.hyperparameters), *self.rule.scalar_state)
+        steps = [state["step"] + 1 for state in states]
+        results = self.rule.step_group([param for _, param, _ in items], [grad for _, _, grad in items],
+                                       [{name: state[name] for name in names} for state in states], steps,
+                                       self.hyperparameters)
+        for (key, param, _), state, step, (new_param, new_state) in zip(items, states, steps, results, strict=True):
+            self.state[key] = state
             param[...] = new_param
             for name, value in new_state.items():
                 if name in self.rule.scalar_state:  # per-array scalars (NAdam's mu_product): Python floats

@@ -16,6 +16,11 @@ breaks it fails at import with the reason, not later inside a kernel:
   tensor; `finish(*sums)` turns the sums into the per-tensor coefficients named in `tensor_coefficients`,
   which `update` takes after the per-step ones. Backends sum over the same elements they update (a DTensor
   shard sums its part, and the front end all-reduces the partial sums over the shard group before `finish`);
+* reductions over a whole param group (stage (c): the global gradient norm of fused clipping) are the
+  reductions also named in `group_reductions`: `finish` then receives, for every tensor of the group, the
+  sum's total over all the group's tensors instead of the tensor's own sum (`group_totals`, applied by every
+  backend and by `Rule.step_group` after the shard all-reduce, so a sharded param counts once like a whole
+  one). The front end makes the group span every backend call of one step (docs/adding-an-optimizer.md);
 * per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
   `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
   per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
@@ -37,7 +42,7 @@ import inspect
 import math
 import numbers
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +86,7 @@ class Rule:
     finish: Callable[..., dict[str, Any]] | None = None
     tensor_coefficients: tuple[str, ...] = ()
     tensor_stage: Callable[..., dict[str, Any]] | None = None
+    group_reductions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -121,26 +127,49 @@ class Rule:
 
         `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
         Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
-        tensors, one per configuration). A tensor stage takes the whole of `param` (no `tensor_axes`).
+        tensors, one per configuration); `param` is its own group (see `step_group`). A tensor stage takes
+        the whole of `param` (no `tensor_axes`).
         """
-        scalars = self.advance_scalar_state(step, state, hyperparameters)
-        coefficients = self.coefficients(step, **hyperparameters, **scalars)
+        ((new_param, new_state),) = self.step_group([param], [grad], [state], [step], hyperparameters, tensor_axes)
+        return new_param, new_state
+
+    def step_group(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
+                   steps: Sequence[int], hyperparameters: Mapping[str, Any],
+                   tensor_axes: tuple[int, ...] | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        """One update of a param group evaluated directly: `(new_param, new_state)` per param, as `step`.
+
+        Each param has its own state and step count (`steps`, one each); a group reduction's total
+        (`group_reductions`) is summed over all of `params` before any `finish` (`group_totals`).
+        """
         active = self.active_state(hyperparameters)
-        arguments = [state[name] if name in active else None for name in self.state_names]
-        per_step = [coefficients[name] for name in self.coefficient_names]
-        per_tensor = []
-        if self.reductions:
-            sums = [_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
-            finished = self.finish(*sums)
-            per_tensor = [finished[name] for name in self.tensor_coefficients]
+        work = []
+        for param, grad, state, step in zip(params, grads, states, steps, strict=True):
+            scalars = self.advance_scalar_state(step, state, hyperparameters)
+            coefficients = self.coefficients(step, **hyperparameters, **scalars)
+            arguments = [state[name] if name in active else None for name in self.state_names]
+            work.append((param, grad, arguments, [coefficients[name] for name in self.coefficient_names], scalars))
+        per_tensor: list[list[Any]] = [[] for _ in work]
+        if self.reductions and work:
+            rows = [[_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
+                    for param, grad, arguments, per_step, _ in work]
+            columns = group_totals(self, [list(column) for column in zip(*rows, strict=True)])
+            for index, row in enumerate(rows):
+                sums = [column if name in self.group_reductions else own
+                        for name, column, own in zip(self.reductions, columns, row, strict=True)]
+                finished = self.finish(*sums)
+                per_tensor[index] = [finished[name] for name in self.tensor_coefficients]
         if self.tensor_stage is not None:
             if tensor_axes is not None:
                 raise ValueError(f"{self.name}: its tensor stage takes whole tensors, not rows of one (tensor_axes)")
-            staged = self.tensor_stage(param, grad, *arguments, *per_step)
-            per_tensor = [in_dtype_of(staged[name], param) for name in self.tensor_coefficients]
-        new_param, *new_state = self.update(param, grad, *arguments, *per_step, *per_tensor)
-        updated = zip(self.state_names, new_state, strict=True)
-        return new_param, {**{name: value for name, value in updated if name in active}, **scalars}
+            for index, (param, grad, arguments, per_step, _) in enumerate(work):
+                staged = self.tensor_stage(param, grad, *arguments, *per_step)
+                per_tensor[index] = [in_dtype_of(staged[name], param) for name in self.tensor_coefficients]
+        results = []
+        for (param, grad, arguments, per_step, scalars), extra in zip(work, per_tensor, strict=True):
+            new_param, *new_state = self.update(param, grad, *arguments, *per_step, *extra)
+            updated = zip(self.state_names, new_state, strict=True)
+            results.append((new_param, {**{name: value for name, value in updated if name in active}, **scalars}))
+        return results
 
     def initial_scalar_state(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """The per-param scalar state before the first step (NAdam's Π_0 = 1), as Python floats."""
@@ -262,6 +291,10 @@ def check_contract(rule: Rule) -> None:
         if set(finished) != set(rule.tensor_coefficients):
             fail(f"finish returns {sorted(finished)}, the tensor coefficients are {sorted(rule.tensor_coefficients)}")
     _check_tensor_stage(rule, names, fail)
+    if not (isinstance(rule.group_reductions, tuple) and set(rule.group_reductions) <= set(rule.reductions)
+            and len(set(rule.group_reductions)) == len(rule.group_reductions)):
+        fail(f"group_reductions {rule.group_reductions!r} must be a tuple of distinct names among the reductions "
+             f"{rule.reductions}")
     if tuple(names[len(names) - len(rule.tensor_coefficients):]) != tuple(rule.tensor_coefficients):
         fail(f"update's last parameters must be the per-tensor coefficients {rule.tensor_coefficients}")
     coefficient_names = coefficient_names[:len(coefficient_names) - len(rule.tensor_coefficients)]
@@ -302,6 +335,20 @@ def in_dtype_of(value: Any, param: Any) -> Any:
     if dtype is None or getattr(value, "ndim", 0) == 0 or dtype == getattr(param, "dtype", dtype):
         return value
     return value.to(param.dtype) if hasattr(value, "new_tensor") else value.astype(param.dtype)
+def group_totals(rule: Rule, columns: Sequence[Any]) -> list[Any]:
+    """The sums `rule.finish` takes, given per reduction a column of the tensors' sums (stage (c)).
+
+    `columns[j]` holds reduction `j`'s sum for each tensor of a group (a column of a backend's sums matrix, a
+    NumPy array or a tensor, or a list of the values in `Rule.step_group`). A group reduction's column
+    becomes its total over the tensors, one value every tensor finishes with; the others stay as they are.
+    """
+    return [_total(column) if name in rule.group_reductions else column
+            for name, column in zip(rule.reductions, columns, strict=True)]
+
+
+def _total(column: Any) -> Any:
+    """The sum of a column: of a list's values, or of an array's or a tensor's entries."""
+    return sum(column) if isinstance(column, list) else column.sum(0)
 
 
 def _sum(term: Any, axes: tuple[int, ...] | None) -> Any:

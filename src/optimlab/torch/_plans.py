@@ -101,6 +101,9 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
         params, grads, grad_bytes = params_with_grad(optimizer, group)
         if params:
             rule, hyperparameters = optimizer.rule_for(group)
+            if grad_bytes is None and rule.group_reductions:
+                raise RuntimeError(f"{optimizer.torch_name}: sparse gradients are not supported by the rule "
+                                   f"{rule.name!r}, whose reductions {rule.group_reductions} span the whole group")
             plan = optimizer._plans.get(index)
             if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, grad_bytes):
                 backend, dtypes = plan.backend, plan.dtypes

@@ -27,6 +27,7 @@ from torch.optim.optimizer import _use_grad_for_differentiable
 from ..backends import BACKENDS, Backend
 from ..rules import Rule
 from . import _plans, _state_dict
+from ._group_sums import AllReduce, GroupSums, SumsRecorded
 from ._plans import BackendTensors, GroupStep, Plan
 
 #: Optional backends, tried on first use; a missing dependency (numba, triton) just leaves them out.
@@ -155,8 +156,12 @@ class Optimizer(torch.optim.Optimizer):
                                              for name in rule.scalar_state])
         try:
             tensors = plan.backend_tensors(params, group_step.grads)
-            for coefficients, indices in self._coefficients(rule, group_step.hyperparameters, params, buckets):
-                self._run_backend(group_step, tensors, coefficients, indices, grad_scale)
+            calls = self._coefficients(rule, group_step.hyperparameters, params, buckets)
+            if rule.group_reductions and len(calls) > 1:
+                self._run_group_reducing(group_step, tensors, calls, grad_scale)
+            else:
+                for coefficients, indices in calls:
+                    self._run_backend(group_step, tensors, coefficients, indices, grad_scale)
         except BaseException:
             scalar_state.restore()
             self._drop_created_state(group_step)
@@ -195,11 +200,35 @@ class Optimizer(torch.optim.Optimizer):
             buckets[step].append(i)
         return buckets
 
+    def _run_group_reducing(self, group_step: GroupStep, tensors: BackendTensors,
+                            calls: list[tuple[dict[str, Any], list[int]]], grad_scale: Any) -> None:
+        """Stage (c) over several backend calls (params at different step counts): every call's sums first,
+        recorded by a pass that stops each call before it updates anything, then the updates, each call's
+        group reductions totalled over the whole group (`_group_sums`)."""
+        group_sums = GroupSums(group_step.rule, len(calls))
+        for position, (coefficients, indices) in enumerate(calls):
+            shard_sums = group_step.plan.shard_sums([group_step.params[i] for i in indices]).get("all_reduce")
+            try:
+                self._run_backend(group_step, tensors, coefficients, indices, grad_scale,
+                                  group_sums.record(position, shard_sums))
+            except SumsRecorded:
+                pass
+        for position, (coefficients, indices) in enumerate(calls):
+            self._run_backend(group_step, tensors, coefficients, indices, grad_scale, group_sums.supply(position))
+
     def _run_backend(self, group_step: GroupStep, tensors: BackendTensors, coefficients: dict[str, Any],
-                     indices: list[int], grad_scale: Any) -> None:
+                     indices: list[int], grad_scale: Any, all_reduce: AllReduce | None = None) -> None:
         """The backend's update of the params at `indices`, which share these coefficients: all of them at once
-        (on the plan's prepared tables where the backend has them), sparse gradients row by row."""
+        (on the plan's prepared tables where the backend has them), sparse gradients row by row.
+
+        `all_reduce`, where given, is what the backend applies to the sums instead of the shard all-reduce
+        (stage (c) over several calls, `_run_group_reducing`; sparse gradients are refused there)."""
         plan, rule, hyperparameters = group_step.plan, group_step.rule, group_step.hyperparameters
+        if all_reduce is not None:
+            plan.backend.step(rule, hyperparameters, coefficients, [tensors.params[i] for i in indices],
+                              [tensors.grads[i] for i in indices], [tensors.state[i] for i in indices], grad_scale,
+                              all_reduce=all_reduce)
+            return
         if len(indices) == len(tensors.params) and not group_step.has_sparse:
             if plan.prepared is not None:
                 plan.prepared.step(coefficients, tensors.grads, grad_scale)
