@@ -1,16 +1,20 @@
 """`optimlab bench` (CPU): the smoke run works end to end and the numbers are self-consistent. No timings."""
 
+import io
 import json
 import math
+from importlib import import_module
 
 import pytest
+from rich.cells import cell_len
+from rich.console import Console
 from typer.testing import CliRunner
 
 from optimlab.bench import (
     CASES,
     QUICK_CASES,
     SMOKE_NOTE,
-    TORCH_VARIANTS,
+    VARIANTS,
     Platform,
     bytes_per_step,
     gpt2_small_shapes,
@@ -20,6 +24,8 @@ from optimlab.bench import (
     workloads,
 )
 from optimlab.cli import app
+
+cli_app = import_module("optimlab.cli.app")  # the module: `optimlab.cli.app` the attribute is the Typer app
 
 
 def test_gpt2_small_is_148_tensors_and_124_4_million_values():
@@ -39,6 +45,8 @@ def test_useful_bytes_count_param_grad_and_state_traffic():
     assert bytes_per_step(CASES["sgd"], workload) == workload.numel * 12            # p, g read; p written
     assert bytes_per_step(CASES["adam"], workload) == workload.numel * (12 + 16)    # + m, v read and written
     assert bytes_per_step(CASES["adam-bf16-state"], workload) == workload.numel * (12 + 8)
+    # LAMB's norms are complete before any element is updated: param, grad and state are read twice
+    assert bytes_per_step(CASES["lamb"], workload) == workload.numel * (12 + 16 + 8 + 8)
 
 
 def test_quick_run_is_a_labelled_smoke_run_of_the_quick_cases_on_every_workload():
@@ -52,9 +60,9 @@ def test_quick_run_is_a_labelled_smoke_run_of_the_quick_cases_on_every_workload(
     assert set(rows) == {(workload, case) for workload in ("gpt2", "many", "large") for case in QUICK_CASES}
     for row in rows.values():
         assert {"optimlab", "optimlab.torch"} <= set(row["median_ms"]) <= {"optimlab", "optimlab.torch",
-                                                                            *TORCH_VARIANTS}
+                                                                            *VARIANTS}
         assert all(value > 0 for value in row["median_ms"].values())
-        best = min(row["median_ms"][name] for name in TORCH_VARIANTS if name in row["median_ms"])
+        best = min(row["median_ms"][name] for name in VARIANTS if name in row["median_ms"])
         assert row["speedup"] == pytest.approx(best / row["median_ms"]["optimlab"])
 
 
@@ -66,6 +74,33 @@ def test_named_cases_run_in_a_quick_run_too():
     assert "fused" not in rows["rmsprop"]["median_ms"]  # torch has no fused RMSprop on CPU
     bf16 = rows["adam-bf16-state"]["state_bytes"]
     assert bf16["optimlab"] * 2 == bf16["fused"]  # bf16 state: half of torch's fp32 state
+
+
+def test_the_optimizers_beyond_torch_optim_run_against_their_references():
+    result = CliRunner().invoke(app, ["bench", "--quick", "--json", "-o", "nadam", "-o", "lion", "-o", "lamb",
+                                      "-w", "many"])
+    assert result.exit_code == 0, result.output
+    rows = {row["case"]: row for row in json.loads(result.stdout)["results"]}
+    assert rows["nadam"]["reference"] == "torch.optim.NAdam" and "fused" not in rows["nadam"]["median_ms"]
+    assert rows["lion"]["reference"].startswith("lion-pytorch ")
+    assert {"forloop", "foreach"} <= set(rows["lion"]["median_ms"])
+    assert rows["lamb"]["reference"].startswith("optimlab.bench.references.ForeachLAMB")
+    assert set(rows["lamb"]["median_ms"]) == {"optimlab", "optimlab.torch", "foreach"}
+    for row in rows.values():
+        assert row["speedup"] == pytest.approx(row["median_ms"][row["best_reference"]] / row["median_ms"]["optimlab"])
+        assert row["state_bytes"]["optimlab"] == row["state_bytes"][row["best_reference"]]  # both fp32 state
+
+
+def test_the_table_fits_80_columns_and_names_the_references(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(cli_app, "console", Console(file=buffer, force_terminal=True, color_system=None))
+    result = CliRunner().invoke(app, ["bench", "--quick", "-o", "sgd", "-o", "lamb", "-w", "large"])
+    assert result.exit_code == 0, result.output
+    text = buffer.getvalue()
+    assert max(cell_len(line) for line in text.splitlines()) <= 80
+    assert text.count("│ large    │ lamb") >= 2  # split into parts, each repeating the workload and the case
+    assert "ForeachLAMB" in text and "torch.optim.SGD" in text
 
 
 def test_a_full_run_is_not_labelled_a_smoke_run():
@@ -86,7 +121,7 @@ def test_markdown_output_is_a_table():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["-o", "lion"], "unknown optimizer case lion"),
+    (["-o", "sgd-nesterov"], "unknown optimizer case sgd-nesterov"),
     (["-w", "huge"], "unknown workload huge"),
     (["--torch-variant", "jit"], "unknown torch variant jit"),
     (["--reps", "0"], "--reps must be >= 1"),

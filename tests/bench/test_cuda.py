@@ -16,8 +16,8 @@ def test_each_repetition_runs_every_contender_once_starting_elsewhere():
 def test_torch_variants_are_probed_on_the_params_device():
     """Where torch has no implementation on that device (fused RMSprop), the contender is left out."""
     params = [torch.zeros(3, requires_grad=True)]
-    assert bench.torch_optimizer(bench.CASES["rmsprop"], params, "fused") is None
-    assert isinstance(bench.torch_optimizer(bench.CASES["adam"], params, "foreach"), torch.optim.Adam)
+    assert bench.reference_optimizer(bench.CASES["rmsprop"], params, "fused") is None
+    assert isinstance(bench.reference_optimizer(bench.CASES["adam"], params, "foreach"), torch.optim.Adam)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -1,16 +1,19 @@
-"""Race optimlab's fused CPU kernels against `torch.optim`, fairly: same process, same tensors, interleaved.
+"""Race optimlab's fused CPU kernels against their references, fairly: same process, same tensors, interleaved.
 
-Every contender of a case updates the same params from the same grads: ours as the backend call the PyTorch
-front end makes per param group ("optimlab": the kernel plus the backend's per-step host work), ours through
-the drop-in `optimlab.torch` class (what a user gets, front-end bookkeeping included), and torch's
-forloop/foreach/fused implementations where they exist on CPU. Repetitions go round-robin (ours, forloop,
-foreach, fused, ours, …, the starting contender rotating) so that a noisy neighbour or a frequency change
-hits every contender alike, and the median is reported. Throughput is counted in *useful* bytes — what an
-ideal fused kernel must read and write per step (param, grad and active state read; param and state
-written) — and compared with the in-place streaming bandwidth of this machine measured in the same run
-(`a.add_(b)` on buffers far larger than the caches).
+The cases are the registry's (`optimlab.rules.REGISTRY`: every registered optimizer at its defaults, lr
+1e-3) and a few configurations of them (`CONFIGURATIONS`); each is raced against its reference
+(`references.REFERENCES`: torch.optim's class where torch has one, the `lion-pytorch` package for Lion, a
+foreach LAMB written from the paper). Every contender of a case updates the same params from the same
+grads: ours as the backend call the PyTorch front end makes per param group ("optimlab": the kernel plus
+the backend's per-step host work), ours through the drop-in `optimlab.torch` class (what a user gets,
+front-end bookkeeping included), and the reference's forloop/foreach/fused implementations where they
+exist on the device. Repetitions go round-robin (ours, forloop, foreach, fused, ours, …, the starting
+contender rotating) so that a noisy neighbour or a frequency change hits every contender alike, and the
+median is reported. Throughput is counted in *useful* bytes — what an ideal fused kernel must read and
+write per step (param, grad and active state read; param and state written) — and compared with the
+in-place streaming bandwidth of this machine measured in the same run (`a.add_(b)` on buffers far larger
+than the caches).
 """
-
 from __future__ import annotations
 
 import gc
@@ -29,7 +32,8 @@ with requires_extra("optimlab.bench"):
     import torch
 
 from ..backends import BACKENDS
-from ..rules import lookup
+from ..rules import REGISTRY, Rule
+from .references import NO_REFERENCE, REFERENCES, VARIANTS, Reference
 
 
 @dataclass(frozen=True)
@@ -75,30 +79,51 @@ def workloads(quick: bool = False) -> dict[str, Workload]:
 
 @dataclass(frozen=True)
 class Case:
-    """One optimizer configuration, as optimlab spells it and as torch.optim does."""
+    """One configuration of a registered optimizer, given alike to the drop-in class and to its reference.
+
+    `arguments` go to `optimlab.torch.create(optimizer, ...)` and to each of `reference`'s variants;
+    `state_dtype` only to optimlab (its `state_dtype=torch.bfloat16` state against torch's fp32 state).
+    """
 
     name: str
     optimizer: str
-    overrides: dict[str, Any]
-    torch_class: str
-    torch_kwargs: dict[str, Any]
+    arguments: dict[str, Any]
+    reference: Reference
     state_dtype: torch.dtype | None = None
+
+    def rule(self) -> tuple[Rule, dict[str, Any]]:
+        """The rule and the full hyperparameters the drop-in class runs for these arguments."""
+        import optimlab.torch as optimlab_torch
+
+        optimizer = optimlab_torch.create(self.optimizer, [torch.zeros(1, requires_grad=True)], **self.arguments)
+        rule, hyperparameters = optimizer.rule_for(optimizer.param_groups[0])
+        return rule, rule.defaults(**hyperparameters)
 
 
 LR = 1e-3
-CASES = {case.name: case for case in (
-    Case("sgd", "sgd", {"lr": LR}, "SGD", {"lr": LR}),
-    Case("sgd-momentum", "momentum", {"lr": LR, "momentum": 0.9}, "SGD", {"lr": LR, "momentum": 0.9}),
-    Case("nesterov", "nesterov", {"lr": LR, "momentum": 0.9}, "SGD", {"lr": LR, "momentum": 0.9, "nesterov": True}),
-    Case("adagrad", "adagrad", {"lr": LR}, "Adagrad", {"lr": LR}),
-    Case("rmsprop", "rmsprop", {"lr": LR}, "RMSprop", {"lr": LR}),
-    Case("rmsprop-centered", "rmsprop", {"lr": LR, "centered": True}, "RMSprop", {"lr": LR, "centered": True}),
-    Case("adam", "adam", {"lr": LR}, "Adam", {"lr": LR}),
-    Case("adam-amsgrad", "adam", {"lr": LR, "amsgrad": True}, "Adam", {"lr": LR, "amsgrad": True}),
-    Case("adamw", "adamw", {"lr": LR}, "AdamW", {"lr": LR}),
-    Case("adam-bf16-state", "adam", {"lr": LR}, "Adam", {"lr": LR}, state_dtype=torch.bfloat16),
-)}
-TORCH_VARIANTS = ("forloop", "foreach", "fused")
+#: Configurations raced besides each optimizer's defaults: (case, registered optimizer, arguments, state dtype).
+CONFIGURATIONS: tuple[tuple[str, str, dict[str, Any], torch.dtype | None], ...] = (
+    ("rmsprop-centered", "rmsprop", {"centered": True}, None),
+    ("adam-amsgrad", "adam", {"amsgrad": True}, None),
+    ("adam-bf16-state", "adam", {}, torch.bfloat16),
+)
+
+
+def registered_cases() -> dict[str, Case]:
+    """One case per entry of `optimlab.rules.REGISTRY` (its name, its defaults at lr 1e-3, its reference from
+    `references.REFERENCES`), each followed by its `CONFIGURATIONS`."""
+    cases = {}
+    for name in REGISTRY:
+        reference = REFERENCES.get(name, NO_REFERENCE)
+        cases[name] = Case(name, name, {"lr": LR, **reference.arguments}, reference)
+        for case_name, optimizer, arguments, state_dtype in CONFIGURATIONS:
+            if optimizer == name:
+                cases[case_name] = Case(case_name, name, {"lr": LR, **reference.arguments, **arguments}, reference,
+                                        state_dtype)
+    return cases
+
+
+CASES = registered_cases()
 #: The cases a quick run takes unless others are named: a stateless rule and Adam (each a kernel to compile).
 QUICK_CASES = ("sgd", "adam")
 #: What a quick run's table, Markdown and JSON say about its numbers.
@@ -114,7 +139,9 @@ class Result:
     bytes_per_step: int
     state_bytes: dict[str, int]
     median_ms: dict[str, float]
-    best_torch: str | None = None
+    #: what the case is raced against (`Reference.label`), its fastest variant and the ratio to it
+    reference: str = NO_REFERENCE.label
+    best_reference: str | None = None
     speedup: float | None = None
     gbps: float | None = None
     roofline_fraction: float | None = None
@@ -223,8 +250,7 @@ class OursRunner:
         from ..torch.optimizer import load_optional_backends
 
         load_optional_backends()
-        self.rule, defaults = lookup(case.optimizer)
-        self.hyperparameters = self.rule.defaults(**{**defaults, **case.overrides})
+        self.rule, self.hyperparameters = case.rule()
         self.params = list(params)
         self.states = [[torch.full_like(param, self.rule.initial_state(name, self.hyperparameters),
                                         dtype=case.state_dtype or param.dtype)
@@ -235,13 +261,16 @@ class OursRunner:
         prepare = getattr(self.backend, "prepare", None)
         self.prepared = prepare(self.rule, self.hyperparameters, self.params, self.states) if prepare else None
         self.count = 0
+        # per-param scalar state (NAdam's Π_t): the same for every param, which all step together
+        self.scalar_state = self.rule.initial_scalar_state(self.hyperparameters)
 
     def state_bytes(self) -> int:
         return sum(tensor.numel() * tensor.element_size() for state in self.states for tensor in state)
 
     def step(self) -> None:
         self.count += 1
-        coefficients = self.rule.coefficients(self.count, **self.hyperparameters)
+        self.scalar_state = self.rule.advance_scalar_state(self.count, self.scalar_state, self.hyperparameters)
+        coefficients = self.rule.coefficients(self.count, **self.hyperparameters, **self.scalar_state)
         grads = [param.grad for param in self.params]
         if self.prepared is not None:
             self.prepared.step(coefficients, grads)
@@ -249,43 +278,52 @@ class OursRunner:
             self.backend.step(self.rule, self.hyperparameters, coefficients, self.params, grads, self.states)
 
 
-def torch_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
-    """torch.optim's implementation `variant` on the params' device, or None where torch has none there."""
-    flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
-    cls = getattr(torch.optim, case.torch_class)
+def reference_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str) -> torch.optim.Optimizer | None:
+    """The case's reference in form `variant` on the params' device, or None where it has none there
+    (no such variant, or torch refuses it on that device: fused RMSprop)."""
+    make = case.reference.variants.get(variant)
+    if make is None:
+        return None
     probe = torch.zeros(2, device=params[0].device, requires_grad=True)
     probe.grad = torch.ones_like(probe)
     try:
-        cls([probe], **case.torch_kwargs, **flags).step()
+        make([probe], **case.arguments).step()
     except (TypeError, RuntimeError, ValueError):
         return None
-    return cls(params, **case.torch_kwargs, **flags)
+    return make(params, **case.arguments)
 
 
 def front_end_optimizer(case: Case, params: Sequence[torch.Tensor], backend: str) -> torch.optim.Optimizer:
-    """The drop-in `optimlab.torch` class on `backend`."""
+    """The drop-in `optimlab.torch` class on `backend` (`optimlab.torch.create`: the registry's class)."""
     import optimlab.torch as optimlab_torch
 
-    return getattr(optimlab_torch, case.torch_class)(params, **case.torch_kwargs, backend=backend,
-                                                      state_dtype=case.state_dtype)
+    return optimlab_torch.create(case.optimizer, params, **case.arguments, backend=backend,
+                                 state_dtype=case.state_dtype)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of a torch optimizer's per-element state (its `step` counters left out)."""
+    """Bytes of an optimizer's per-element state (0-dim tensors, its `step` counters and NAdam's `mu_product`,
+    left out)."""
     return sum(value.numel() * value.element_size() for state in optimizer.state.values()
-               for key, value in state.items() if torch.is_tensor(value) and key != "step")
+               for value in state.values() if torch.is_tensor(value) and value.dim() > 0)
 
 
 def bytes_per_step(case: Case, workload: Workload) -> int:
-    """Useful traffic of one step: param + grad + active state read, param + state written."""
-    rule, defaults = lookup(case.optimizer)
-    states = len(rule.active_state(rule.defaults(**{**defaults, **case.overrides})))
+    """Useful traffic of one step: param + grad + active state read, param + state written.
+
+    A rule with per-tensor reductions (LAMB) reads param, grad and state once more: its per-tensor sums
+    (the trust ratio's norms) must be complete before the first element is updated.
+    """
+    rule, hyperparameters = case.rule()
+    states = len(rule.active_state(hyperparameters))
     state_size = 2 if case.state_dtype == torch.bfloat16 else 4
-    return workload.numel * (3 * 4 + 2 * states * state_size)
+    reads = 2 * 4 + states * state_size
+    writes = 4 + states * state_size
+    return workload.numel * ((2 if rule.reductions else 1) * reads + writes)
 
 
 def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
-        quick: bool = False, variants: Sequence[str] = TORCH_VARIANTS,
+        quick: bool = False, variants: Sequence[str] = VARIANTS,
         progress: Callable[[str], None] = lambda message: None, platform: Platform | None = None) -> Report:
     """Benchmark each case on each workload on `platform` (default: the CPU); see the module docstring.
 
@@ -319,26 +357,27 @@ def _measure(case_names: Sequence[str], workload_names: Sequence[str], repetitio
             ours = OursRunner(case, params, platform.backend)
             front_end = front_end_optimizer(case, params, platform.backend)
             contenders: dict[str, Callable[[], Any]] = {"optimlab": ours.step, "optimlab.torch": front_end.step}
-            torch_optimizers = {}
+            references = {}
             for variant in variants:
-                optimizer = torch_optimizer(case, params, variant)
+                optimizer = reference_optimizer(case, params, variant)
                 if optimizer is not None:
-                    torch_optimizers[variant] = optimizer
+                    references[variant] = optimizer
                     contenders[variant] = optimizer.step
             with torch.no_grad():
                 medians = platform.interleave(contenders, repetitions, warmup)
             result = Result(workload=workload_name, case=case_name, tensors=len(params), numel=workload.numel,
                             bytes_per_step=bytes_per_step(case, workload),
                             state_bytes={"optimlab": ours.state_bytes(),
-                                         **{name: state_bytes(opt) for name, opt in torch_optimizers.items()}},
-                            median_ms={name: seconds * 1e3 for name, seconds in medians.items()})
-            torch_times = {name: ms for name, ms in result.median_ms.items() if name in TORCH_VARIANTS}
-            if torch_times:
-                result.best_torch = min(torch_times, key=torch_times.get)
-                result.speedup = torch_times[result.best_torch] / result.median_ms["optimlab"]
+                                         **{name: state_bytes(opt) for name, opt in references.items()}},
+                            median_ms={name: seconds * 1e3 for name, seconds in medians.items()},
+                            reference=case.reference.label)
+            reference_times = {name: ms for name, ms in result.median_ms.items() if name in VARIANTS}
+            if reference_times:
+                result.best_reference = min(reference_times, key=reference_times.get)
+                result.speedup = reference_times[result.best_reference] / result.median_ms["optimlab"]
             result.gbps = result.bytes_per_step / (result.median_ms["optimlab"] / 1e3) / 1e9
             report.results.append(result)
-            del ours, front_end, contenders, torch_optimizers
+            del ours, front_end, contenders, references
             if not quick:
                 gc.collect()
             platform.release()
@@ -361,18 +400,30 @@ def _format_ms(value: float | None) -> str:
 
 def rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The table's header and rows, shared by the rich table and the Markdown output."""
-    header = ["workload", "optimizer", "optimlab ms", "via optimlab.torch", *TORCH_VARIANTS,
-              "vs best torch", "GB/s", "roofline", "state MB ours/torch"]
+    header = ["workload", "optimizer", "optimlab ms", "via optimlab.torch", *VARIANTS,
+              "vs best ref", "GB/s", "roofline", "state MB ours/ref"]
     body = []
     for result in report.results:
-        torch_state = max((value for name, value in result.state_bytes.items() if name != "optimlab"), default=0)
+        reference_state = max((value for name, value in result.state_bytes.items() if name != "optimlab"),
+                              default=None)
         body.append([result.workload, result.case, _format_ms(result.median_ms["optimlab"]),
                      _format_ms(result.median_ms.get("optimlab.torch")),
-                     *(_format_ms(result.median_ms.get(name)) for name in TORCH_VARIANTS),
-                     "—" if result.speedup is None else f"{result.speedup:.2f}× ({result.best_torch})",
+                     *(_format_ms(result.median_ms.get(name)) for name in VARIANTS),
+                     "—" if result.speedup is None else f"{result.speedup:.2f}× ({result.best_reference})",
                      f"{result.gbps:.1f}", f"{100 * result.roofline_fraction:.0f} %",
-                     f"{result.state_bytes['optimlab'] / 1e6:.0f} / {torch_state / 1e6:.0f}"])
+                     f"{result.state_bytes['optimlab'] / 1e6:.0f} / "
+                     + ("—" if reference_state is None else f"{reference_state / 1e6:.0f}")])
     return header, body
+
+
+def references(report: Report) -> str:
+    """What the report's cases were raced against: each reference with its cases, in the table's order."""
+    cases: dict[str, list[str]] = {}
+    for result in report.results:
+        names = cases.setdefault(result.reference, [])
+        if result.case not in names:
+            names.append(result.case)
+    return "; ".join(f"{label}: {', '.join(names)}" for label, names in cases.items())
 
 
 def markdown(report: Report) -> str:
@@ -382,12 +433,13 @@ def markdown(report: Report) -> str:
     lines = [f"**{SMOKE_NOTE}.**", ""] if report.smoke else []
     lines += [f"Machine: {info['cpu']}, {info['cores']} cores (torch {info['torch']} with {info['torch_threads']} "
               f"threads, numba {info['numba']} with {info['numba_threads']}); in-place roofline "
-              f"(`a.add_(b)`, same run): {report.roofline_gbps:.1f} GB/s.", "",
+              f"(`a.add_(b)`, same run): {report.roofline_gbps:.1f} GB/s. References (vs best ref: the "
+              f"fastest of their forloop, foreach and fused variants): {references(report)}.", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CASES", "QUICK_CASES", "SMOKE_NOTE", "TORCH_VARIANTS", "Case", "OursRunner", "Report", "Result",
-           "Workload", "bytes_per_step", "gpt2_small_shapes", "machine", "markdown", "roofline", "rows", "run",
-           "workloads"]
+__all__ = ["CASES", "CONFIGURATIONS", "QUICK_CASES", "SMOKE_NOTE", "VARIANTS", "Case", "OursRunner", "Report",
+           "Result", "Workload", "bytes_per_step", "gpt2_small_shapes", "machine", "markdown", "reference_optimizer",
+           "references", "registered_cases", "roofline", "rows", "run", "workloads"]

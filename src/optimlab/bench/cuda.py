@@ -2,7 +2,7 @@
 
 The same cases, workloads and report as the CPU benchmark (`optimlab.bench`), timed the GPU's way: every
 contender (optimlab's triton backend called directly and through the drop-in `optimlab.torch` class;
-torch's for-loop, foreach and fused implementations where they exist on CUDA) updates the same params from
+the reference's for-loop, foreach and fused implementations where they exist on CUDA) updates the same params from
 the same grads, and repetitions go round-robin with the starting
 contender rotating, each repetition a burst of steps between two CUDA events, so clock boosts, thermal drift
 and other tenants hit all of them alike; the median is reported. A burst measures the steady state: where a
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .. import bench
-from . import TORCH_VARIANTS, Platform, Report, interleaved, machine
+from . import VARIANTS, Platform, Report, interleaved, machine
 
 #: The roofline's copy buffer: far beyond any cache (H100: 50 MB of L2).
 COPY_BYTES = 1 << 30
@@ -77,7 +77,7 @@ def roofline(repetitions: int = 7) -> float:
 
 
 def run(case_names: Sequence[str], workload_names: Sequence[str], repetitions: int = 5, warmup: int = 2,
-        quick: bool = False, variants: Sequence[str] = TORCH_VARIANTS,
+        quick: bool = False, variants: Sequence[str] = VARIANTS,
         progress: Callable[[str], None] = lambda message: None, burst: int = 10) -> Report:
     """`optimlab.bench.run` on the GPU: the same cases, workloads and `Report`, timed with CUDA events.
 
