@@ -335,6 +335,8 @@ def in_dtype_of(value: Any, param: Any) -> Any:
     if dtype is None or getattr(value, "ndim", 0) == 0 or dtype == getattr(param, "dtype", dtype):
         return value
     return value.to(param.dtype) if hasattr(value, "new_tensor") else value.astype(param.dtype)
+
+
 def group_totals(rule: Rule, columns: Sequence[Any]) -> list[Any]:
     """The sums `rule.finish` takes, given per reduction a column of the tensors' sums (stage (c)).
 
