@@ -365,9 +365,32 @@ def test_a_named_backend_that_cannot_run_the_work_says_why():
     param = torch.zeros(2, dtype=torch.float16, requires_grad=True)
     optimizer = optimlab.torch.Adam([param], backend="numba")
     param.grad = torch.ones(2, dtype=torch.float16)
-    with pytest.raises(ValueError, match="backend 'numba' cannot run adam here: numba: dtype"):
+    with pytest.raises(ValueError, match=r"^backend 'numba' cannot run adam here: dtype torch.float16 not supported"):
         optimizer.step()
     assert not optimizer.state  # refused before anything changed
+
+
+def test_reasons_name_each_backend_once(monkeypatch):
+    """A backend's reason already starting with its own name ("numba: ...") is not prefixed again: the
+    message read "numba: numba: dtype ..." for `auto` when no backend could run the work."""
+    from optimlab import backends
+
+    class Declines:
+        def __init__(self, name, reason):
+            self.name, self.reason = name, reason
+
+        def supports(self, rule, hyperparameters, params, state_dtype):
+            return self.reason
+
+    monkeypatch.setattr(backends, "BACKENDS", {"fake": Declines("fake", "fake: only on Tuesdays"),
+                                               "other": Declines("other", "needs a GPU")})
+    rule = RULES["adam"]
+    with pytest.raises(ValueError) as refused:
+        backends.resolve("auto", rule, rule.defaults(), [torch.zeros(2)], torch.float32)
+    assert str(refused.value) == "no registered backend can run adam here (fake: only on Tuesdays; other: needs a GPU)"
+    with pytest.raises(ValueError) as named:
+        backends.resolve("fake", rule, rule.defaults(), [torch.zeros(2)], torch.float32)
+    assert str(named.value) == "backend 'fake' cannot run adam here: only on Tuesdays"
 
 
 def test_state_dtype_is_refused_for_complex_params_before_the_step():

@@ -92,15 +92,21 @@ def resolve(name: str, rule: Rule, hyperparameters: Mapping[str, Any], params: S
             reason = backend.supports(rule, hyperparameters, params, state_dtype)
             if reason is None:
                 return backend
-            reasons.append(f"{backend.name}: {reason}")
+            reasons.append(f"{backend.name}: {_unprefixed(backend, reason)}")
         raise ValueError(f"no registered backend can run {rule.name} here ({'; '.join(reasons) or 'none registered'})")
     backend = BACKENDS.get(name)
     if backend is None:
         raise ValueError(f"Invalid backend: {name!r} (expected 'auto' or one of {sorted(BACKENDS)})")
     reason = backend.supports(rule, hyperparameters, params, state_dtype)
     if reason is not None:
-        raise ValueError(f"backend {name!r} cannot run {rule.name} here: {reason}")
+        raise ValueError(f"backend {name!r} cannot run {rule.name} here: {_unprefixed(backend, reason)}")
     return backend
+
+
+def _unprefixed(backend: Backend, reason: str) -> str:
+    """`reason` without a leading "<backend name>: ": the messages above name the backend once themselves."""
+    prefix = f"{backend.name}: "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
 from . import eager as _eager  # noqa: E402, F401 (registers "eager", the fallback of backend="auto")
