@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import statistics
 import sys
 import tempfile
@@ -33,9 +34,11 @@ from optimlab import bench
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_checks import import_before  # noqa: E402  (a script beside this one)
 
-#: The cases compared: those the older commit has too (its `sgd-momentum` is this checkout's `momentum`).
-CASES = {"sgd": "sgd", "momentum": "sgd-momentum", "adagrad": "adagrad", "rmsprop": "rmsprop", "adam": "adam",
-         "adamw": "adamw"}
+#: The cases compared, this checkout's name -> the older commit's: every case of e45cbf6's table (its
+#: `sgd-momentum` is this checkout's `momentum`); Lion, NAdam and LAMB came after it.
+CASES = {"sgd": "sgd", "momentum": "sgd-momentum", "nesterov": "nesterov", "adagrad": "adagrad",
+         "rmsprop": "rmsprop", "rmsprop-centered": "rmsprop-centered", "adam": "adam", "adam-amsgrad": "adam-amsgrad",
+         "adamw": "adamw", "adam-bf16-state": "adam-bf16-state"}
 
 
 def compare(before: object, case_name: str, params: list[torch.Tensor], repetitions: int,
@@ -66,10 +69,15 @@ def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> fl
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the machine was (the ratios are meant to survive it)."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="e45cbf6", help="the commit to compare against (default e45cbf6)")
-    parser.add_argument("-o", "--optimizer", action="append", choices=list(CASES), help="default: all six")
+    parser.add_argument("-o", "--optimizer", action="append", choices=list(CASES), help="default: all ten")
     parser.add_argument("-w", "--workload", action="append", choices=["gpt2", "many", "large"],
                         help="default: all three")
     parser.add_argument("--reps", type=int, default=9)
@@ -81,10 +89,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         import_before(arguments.before, Path(directory))
         before = importlib.import_module("optimlab_before.bench")
-        print(f"before: {arguments.before}; after: this checkout; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads; {arguments.reps} interleaved repetitions: medians in ms, "
+        info = bench.machine()
+        print(f"before: {arguments.before}; after: this checkout; {info['cpu']}, {info['cores']} cores, torch "
+              f"{info['torch']} with {info['torch_threads']} threads, numba {info['numba']} with "
+              f"{info['numba_threads']}; {arguments.reps} interleaved repetitions: medians in ms, "
               "medians of per-repetition ratios"
               + (" (a smoke run: tiny workloads, the timings mean nothing)" if arguments.quick else ""))
+        print(f"load average at the start: {_load()}")
         print()
         print("| workload | optimizer | before | after | after / before | before.torch | after.torch "
               "| after.torch / before.torch | best torch | vs best torch, before → after |")
@@ -106,6 +117,8 @@ def main() -> None:
                 gc.collect()
             del params
             gc.collect()
+        print()
+        print(f"load average at the end: {_load()}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ QUICK = {
     "optimlab bench --quick": "optimlab bench --quick --optimizer sgd --reps 1 --warmup 0",
     "optimlab bench -o adam -w gpt2 --reps 9 --markdown":
         "optimlab bench -o adam -w gpt2 --reps 1 --warmup 0 --quick --markdown",
+    "optimlab bench --reps 7 --markdown": "optimlab bench --quick --optimizer sgd --reps 1 --warmup 0 --markdown",
+    ".venv/bin/python benchmarks/bench_before_after.py --reps 11":
+        ".venv/bin/python benchmarks/bench_before_after.py --quick -o sgd -w many --reps 1 --warmup 1",
 }
 
 
