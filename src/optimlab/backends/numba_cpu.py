@@ -577,6 +577,8 @@ class NumbaCPU:
         The PyTorch front end asks when it (re)builds a group's plan: on the first step, and when a param's
         dtype, shape, device or layout changed since (it checks those every step).
         """
+        if rule.axis_reduce is not None:
+            return "numba: row and column reductions (stage (b)) are not compiled yet"
         if rule.tensor_stage is not None:  # matrix math over whole tensors: eager runs it
             return f"numba: compiles elementwise passes only, not {rule.name}'s tensor stage (matrix math)"
         if state_dtype is not None and state_dtype not in _DTYPES:

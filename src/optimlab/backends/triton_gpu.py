@@ -374,6 +374,8 @@ class TritonBackend:
 
         Called by the front end on every step: one pass over the params, then checks per distinct kind.
         """
+        if rule.axis_reduce is not None:
+            return "triton: row and column reductions (stage (b)) are not compiled yet"
         if rule.tensor_stage is not None:  # matrix math over whole tensors: eager runs it
             return f"triton: compiles elementwise kernels only, not {rule.name}'s tensor stage (matrix math)"
         kinds = {(type(param), param.device.type, param.dtype) for param in params}
