@@ -117,6 +117,7 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
                 plan = None
                 dtypes = tuple(map(_dtype_of, part_params))
                 _check_gradients(part_params, part_grads)
+                _check_not_sharded(optimizer, part, part_params)
                 backend = _resolve_backend(group, part, hyperparameters, part_params, dtypes)
             candidates.append(_Candidate(key, group, part, hyperparameters, part_params, part_grads,
                                          part_bytes is None, dtypes, backend, plan))
@@ -213,6 +214,22 @@ def _resolve_backend(group: Mapping[str, Any], rule: Rule, hyperparameters: dict
     if any(map(_dtype_is_complex, dtypes)):
         real_params = [torch.view_as_real(param) if param.is_complex() else param for param in params]
     return resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
+
+
+def _check_not_sharded(optimizer: Optimizer, rule: Rule, params: list[torch.Tensor]) -> None:
+    """Refuse DTensor shards for rules with row and column reductions (stage (b)), before anything changes.
+
+    A Shard(0) shard of a matrix has whole rows (its row sums are complete) but part of every column: its column
+    sums, and the per-column state finished from them, would need an all-reduce over the shard group and the
+    state kept replicated, which is not built.
+    """
+    if rule.axis_reduce is None:
+        return
+    for position, param in enumerate(params):
+        if is_dtensor(param) and not all(placement.is_replicate() for placement in param.placements):
+            raise ValueError(f"{optimizer.torch_name}: param {position} of its group is a DTensor sharded as "
+                             f"{param.placements}: {rule.name}'s column sums are partial on a shard (all-reducing "
+                             f"them over the shard group is not built); shard the optimizer by whole params")
 
 
 def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
