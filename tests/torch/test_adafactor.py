@@ -48,13 +48,13 @@ def _run(pairs, steps, seed=1, schedulers=()):
 def _assert_same(ours, theirs, mine, reference, dtype):
     for index, (param, expected) in enumerate(zip(ours, theirs, strict=True)):
         torch.testing.assert_close(param.detach(), expected.detach(), **TOLERANCE[dtype],
-                                   msg=lambda text, index=index: f"param {index} {tuple(expected.shape)}: {text}")
+                                   msg=lambda text, where=f"param {index} {tuple(expected.shape)}": f"{where}: {text}")
         state, expected_state = mine.state[param], reference.state[expected]
         assert sorted(state) == sorted(expected_state)
         for key, value in expected_state.items():
             assert state[key].shape == value.shape and state[key].dtype == value.dtype, key
             torch.testing.assert_close(state[key], value, **TOLERANCE[dtype],
-                                       msg=lambda text, key=key: f"param {index} state {key}: {text}")
+                                       msg=lambda text, where=f"param {index} state {key}": f"{where}: {text}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
