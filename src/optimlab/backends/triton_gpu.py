@@ -645,7 +645,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
         stage: str = "update") -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
 
-    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel.
+    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel;
+    `stage="axis_reduce"`: the row and column kernel of a rule with row and column reductions (stage (b)).
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
     vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`. `step` may be a 0-dim tensor,
@@ -657,7 +658,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    active = tuple(rule.active_state(hyperparameters))
+    hyperparameters = rule.hyperparameters_for(hyperparameters, getattr(torch, dtype))
+    active = tuple(name for name in rule.active_state(hyperparameters) if name not in rule.axis_state)
     scalars = rule.advance_scalar_state(step, rule.initial_scalar_state(hyperparameters), hyperparameters)
     coefficients = rule.coefficients(step, **hyperparameters, **scalars)
     kinds = {name: _coefficient(coefficients[name], flag=name in rule.flags)[0] for name in rule.coefficient_names}
@@ -674,8 +676,11 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name.removeprefix("_ol_v_")))
         else:
             pointer = "*i1" if kinds.get(name.removeprefix("_ol_p_")) == "bool_pointer" else "*fp32"
+            floats = "*fp64" if dtype == "float64" else "*fp32"
             fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32",
-                     "partial": "*fp64" if dtype == "float64" else "*fp32"}
+                     "partial": floats, "row_length": "*i64", "matrix_size": "*i64", "row_offset": "*i64",
+                     "column_offset": "*i64", "row_values": floats, "column_values": floats, "row_sums": floats,
+                     "column_sums": floats, "total_rows": "i32", "total_columns": "i32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
             signature[name] = fixed.get(name, pointer if name.startswith("_ol_p_") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,
