@@ -56,3 +56,21 @@ def test_a_vector_is_refused_by_the_factored_rule_with_the_reason(fused):
     with pytest.raises(ValueError, match="at least two dimensions"):
         fused.step(FACTORED, hyper, FACTORED.coefficients(1, **hyper), [torch.zeros(3)], [torch.ones(3)],
                    [[torch.zeros(3, 1), torch.zeros(1, 3)]])
+
+
+def test_a_group_of_mixed_dtypes_runs_one_launch_per_dtype_each_with_its_own_rows_and_columns(fused):
+    """Params split by dtype (one pass each) still find their rows and columns among the whole group's."""
+    hyper = RULE.hyperparameters_for(RULE.defaults(lr=0.1), torch.float32)
+    shapes, dtypes = [(4, 3), (2, 5), (3, 2, 2)], [torch.float32, torch.float64, torch.float32]
+    generator = torch.Generator().manual_seed(1)
+    params = [torch.randn(shape, generator=generator, dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)]
+    grads = [torch.randn(shape, generator=generator, dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)]
+    states = [[torch.full(FACTORED.state_shape(name, param.shape), 0.5, dtype=param.dtype)
+               for name in ("row_var", "col_var")] for param in params]
+    expected = [FACTORED.step(param.double().numpy(), grad.double().numpy(),
+                              {"row_var": state[0].double().numpy(), "col_var": state[1].double().numpy()}, 2, hyper)
+                for param, grad, state in zip(params, grads, states, strict=True)]
+    fused.step(FACTORED, hyper, FACTORED.coefficients(2, **hyper), params, grads, states)
+    for param, state, (want, want_state) in zip(params, states, expected, strict=True):
+        np.testing.assert_allclose(param.double().numpy(), want, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(state[1].double().numpy(), want_state["col_var"], rtol=2e-5, atol=1e-7)

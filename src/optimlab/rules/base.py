@@ -307,7 +307,7 @@ class Rule:
 
     def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f,
                    function: str = "update") -> Any:
-        """`update` (or `reduce`) re-bound to a backend's natives and wrapped (e.g. by `numba.njit`, `triton.jit`).
+        """`update` (or `reduce`, `axis_reduce`) re-bound to a backend's natives and wrapped (`numba.njit`...).
 
         The function object is rebuilt from the rule's own code object with new globals, so a kernel runs
         the very bytecode (Numba) or source (Triton) of the rule: there is no second copy of the math.
