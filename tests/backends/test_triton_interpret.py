@@ -284,3 +284,16 @@ def test_state_that_no_longer_fits_its_param_is_refused_before_anything_changes(
     with pytest.raises(ValueError, match=r"param 0 has 1000 elements, its gradient and state \[1000, 1000, 10\]"):
         backend.step(rule, hyper, rule.coefficients(2, **hyper), params, grads, states)
     assert all(torch.equal(param, saved) for param, saved in zip(params, before, strict=True))
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stage", ["update", "reduce", "axis_reduce"])
+def test_row_and_column_reductions_compile_for_a_gpu(stage, dtype):
+    """Adafactor's factored rule (stage (b)): the row and column kernel adds with atomics, the update and reduce
+    kernels gather each element's row and column values, and full chunks still load 128 bits at a time."""
+    from optimlab.rules.adafactor import FACTORED, RULE
+
+    code = triton_gpu.ptx(FACTORED, RULE.defaults(weight_decay=0.1), dtype=dtype, stage=stage)
+    assert ("atom.global" in code) == (stage == "axis_reduce")
+    assert "ld.global.v4" in code or "ld.global.v2.b64" in code

@@ -8,6 +8,7 @@ import torch
 
 from optimlab.lab import sweep
 from optimlab.rules import RULES, Rule, primitives
+from optimlab.rules.adafactor import FACTORED
 from optimlab.rules.base import any_nonzero
 from optimlab.rules.primitives import abs, sign, where  # noqa: A004
 
@@ -132,3 +133,78 @@ def test_each_native_means_the_same_on_python_numpy_and_torch(name):
     as_torch = function(*torch_args).numpy()
     np.testing.assert_array_equal(np.asarray(as_numpy), as_torch)
     np.testing.assert_array_equal(np.asarray(as_python, dtype=np.float64), as_torch)
+
+
+# --- stage (b): row and column reductions ---------------------------------------------------------------------
+
+def _axis_update(param, grad, lr, row_scale, column_scale):
+    return (param - lr * grad * row_scale * column_scale,)
+
+
+def _axis_reduce(param, grad, lr):
+    return grad * grad, abs(grad)
+
+
+def _axis_finish(row_sq, column_abs, lr):
+    return {"row_scale": 1 / (1 + row_sq), "column_scale": 1 / (1 + column_abs)}
+
+
+def _axis_rule(**changes):
+    fields = {"name": "factored_toy", "update": _axis_update, "coefficients": lambda step, *, lr: {"lr": lr},
+              "hyperparameters": {"lr": 0.1}, "state_names": (), "active_state": lambda hyper: (),
+              "validate": lambda hyper: None, "trace": lambda *arguments: {}, "row_reductions": ("row_sq",),
+              "column_reductions": ("column_abs",), "axis_reduce": _axis_reduce, "axis_finish": _axis_finish,
+              "row_coefficients": ("row_scale",), "column_coefficients": ("column_scale",)}
+    return Rule(**{**fields, **changes})
+
+
+def test_a_rule_with_row_and_column_reductions_that_keeps_the_contract_constructs_and_steps():
+    rule = _axis_rule()
+    assert rule.coefficient_names == ("lr",) and rule.axis_values == ("row_scale", "column_scale")
+    grad = np.array([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    param, _ = rule.step(np.zeros((2, 3)), grad, {}, 1, rule.defaults())
+    row_scale = 1 / (1 + (grad * grad).sum(axis=-1, keepdims=True))
+    column_scale = 1 / (1 + np.abs(grad).sum(axis=-2, keepdims=True))
+    np.testing.assert_allclose(param, -0.1 * grad * row_scale * column_scale)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"axis_finish": None}, "row_reductions/column_reductions, axis_reduce and axis_finish come together"),
+    ({"row_reductions": (), "column_reductions": ()}, "come together"),
+    ({"axis_reduce": lambda param, grad: (grad, grad)},
+     r"axis_reduce takes update's parameters before the per-row and per-column values \('param', 'grad', 'lr'\)"),
+    ({"axis_finish": lambda column_abs, row_sq, lr: {}}, r"axis_finish takes \(\*row_state, \*column_state, "
+     r"\*row_reductions, \*column_reductions, \*coefficients\) \('row_sq', 'column_abs', 'lr'\)"),
+    ({"axis_finish": lambda row_sq, column_abs, lr: {"row_scale": row_sq}},
+     r"axis_finish returns \['row_scale'\], the per-row and per-column state and values are"),
+    ({"column_coefficients": ()}, "update's parameters before the per-tensor coefficients must be the per-row and "
+     r"per-column values \('row_scale',\)"),
+    ({"row_coefficients": ("column_scale",), "column_coefficients": ("row_scale",)},
+     "must be the per-row and per-column values"),
+    ({"row_state": ("row_var",)}, r"per-row and per-column values \('row_var', 'row_scale', 'column_scale'\)"),
+    ({"active_state": lambda hyper: ("row_var",)}, "active_state names"),
+    ({"row_reductions": ("lr",)}, r"names \['lr'\] are used twice"),
+])
+def test_a_rule_that_breaks_the_row_and_column_contract_is_refused_with_the_reason(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _axis_rule(**changes)
+
+
+def test_per_row_values_without_row_or_column_reductions_are_refused():
+    with pytest.raises(ValueError, match="need row or column reductions to compute them"):
+        _axis_rule(row_reductions=(), column_reductions=(), axis_reduce=None, axis_finish=None)
+
+
+def test_a_rule_choosing_by_shape_cannot_have_group_reductions_and_refuses_a_vector_for_its_factored_rule():
+    factored = _axis_rule()
+    with pytest.raises(ValueError, match="for_shape.*cannot have group reductions"):
+        Rule(name="grouped", update=lambda param, grad, lr, total: (param,),
+             coefficients=lambda step, *, lr: {"lr": lr}, hyperparameters={"lr": 0.1}, state_names=(),
+             active_state=lambda hyper: (), validate=lambda hyper: None, trace=lambda *arguments: {},
+             reductions=("total_sq",), reduce=lambda param, grad, lr: (grad * grad,),
+             finish=lambda total_sq: {"total": total_sq}, tensor_coefficients=("total",),
+             group_reductions=("total_sq",), for_shape=lambda shape: factored)
+    chooser = _rule(for_shape=lambda shape: factored)
+    assert chooser.rule_for_shape((2, 3)) is factored
+    with pytest.raises(ValueError, match=r"keeps state per row and column, which a param of shape \(3,\)"):
+        _rule(for_shape=lambda shape: FACTORED).rule_for_shape((3,))

@@ -19,6 +19,12 @@ of it), where
   each tensor, passes the sums (a tensor with one row per param) through `all_reduce` when the front end
   gives one (DTensor shards: the sum over the shard group), and feeds `rule.finish`'s per-tensor
   coefficients to the update. The front end passes `all_reduce` only to such rules.
+* for a rule with row and column reductions (stage (b), `rule.axis_reduce`: Adafactor's factored second
+  moment), `states[i]` also holds the per-row and per-column state (`rule.row_state`, `rule.column_state`, in
+  the shapes `rule.state_shape` gives, not the param's). The backend sums `axis_reduce`'s terms over each
+  param's last axis and second-to-last axis, evaluates `rule.axis_finish` on those small tensors, hands
+  `update` (and `reduce`) each element's row and column values, and stores the new per-row and per-column
+  state. Sharded DTensor params are refused by the front end (a shard's column sums are partial).
 * for a rule with a tensor stage (`rule.tensor_stage`: matrix math over each whole param, Muon's
   Newton–Schulz), a backend that runs it evaluates it on every param before any update and hands `update` its
   tensors in the param's dtype; one that cannot (the fused Numba and Triton backends) declines in `supports`.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..rules import Rule
-from ..rules.base import group_totals, in_dtype_of
+from ..rules.base import axis_sum, group_totals, in_dtype_of
 from . import register
 
 
@@ -38,6 +38,9 @@ class Eager:
                 return f"eager: expected torch tensors, got {type(param).__name__}"
             if not param.is_floating_point():
                 return f"eager: floating-point tensors only, got {param.dtype}"
+        if rule.axis_reduce is not None and any(map(_is_sharded, params)):
+            return (f"eager: {rule.name}'s row and column reductions are not run on sharded DTensor params (a shard's "
+                    f"column sums are partial, and its per-column state would need them all-reduced; not built)")
         if rule.tensor_stage is not None and any(map(_is_sharded, params)):
             return (f"eager: {rule.name}'s tensor stage needs each whole matrix, and a sharded DTensor param "
                     f"holds part of one (gather it, or shard the optimizer by whole params)")
@@ -64,10 +67,15 @@ class Eager:
             arguments = [state[position[name]].to(param.dtype) if name in position else None
                          for name in rule.state_names]
             work.append((param, grad, state, arguments))
+        # stage (b): each param's sums over its rows and columns, finished into its per-row and per-column values
+        axis = [_axis_stage(rule, position, param, grad, state, arguments, scalars) if rule.axis_reduce else {}
+                for param, grad, state, arguments in work]
+        axis_arguments = [[finished[name] for name in rule.axis_values] for finished in axis]
         per_tensor: list[list[Any]] = [[] for _ in work]
         if rule.reductions and work:
-            sums = torch.stack([torch.stack([term.sum() for term in rule.reduce(param, grad, *arguments, *scalars)])
-                                for param, grad, _, arguments in work])
+            sums = torch.stack([torch.stack([term.sum() for term in rule.reduce(param, grad, *arguments, *scalars,
+                                                                                 *axis_values)])
+                                for (param, grad, _, arguments), axis_values in zip(work, axis_arguments, strict=True)])
             if all_reduce is not None:
                 sums = all_reduce(sums)
             finished = rule.finish(*group_totals(rule, list(sums.T)))
@@ -76,13 +84,27 @@ class Eager:
             per_tensor = [list(row) for row in zip(*values, strict=True)] if values else per_tensor
         if rule.tensor_stage is not None:
             per_tensor = _tensor_stage(rule, work, scalars)
-        for (param, grad, state, arguments), extra in zip(work, per_tensor, strict=True):
+        for (param, grad, state, arguments), extra, axis_values, finished in zip(work, per_tensor, axis_arguments,
+                                                                                 axis, strict=True):
             extra = [in_dtype_of(value, param) for value in extra]  # (a tensor stage's, in the param's dtype)
-            new_param, *new_state = rule.update(param, grad, *arguments, *scalars, *extra)
+            new_param, *new_state = rule.update(param, grad, *arguments, *scalars, *axis_values, *extra)
             param.copy_(new_param)
             for name, value in zip(rule.state_names, new_state, strict=True):
                 if name in position:
                     state[position[name]].copy_(value)
+            for name in rule.axis_state:
+                state[position[name]].copy_(finished[name])
+
+
+def _axis_stage(rule: Rule, position: Mapping[str, int], param: torch.Tensor, grad: torch.Tensor,
+                state: Sequence[torch.Tensor], arguments: list[Any], scalars: list[Any]) -> dict[str, Any]:
+    """Stage (b) of one param: `rule.axis_reduce`'s terms summed over its rows (last axis) and columns
+    (second-to-last), `rule.axis_finish`ed with its per-row and per-column state (read in the param's dtype)."""
+    terms = rule.axis_reduce(param, grad, *arguments, *scalars)
+    count = len(rule.row_reductions)
+    sums = [axis_sum(term, -1) for term in terms[:count]] + [axis_sum(term, -2) for term in terms[count:]]
+    kept = [state[position[name]].to(param.dtype) for name in rule.axis_state]
+    return rule.axis_finish(*kept, *sums, *scalars)
 
 
 def _tensor_stage(rule: Rule, work: list[tuple[Any, ...]], scalars: list[Any]) -> list[list[Any]]:

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import itertools
 import linecache
+import math
 import operator
 import sys
 import types
@@ -122,6 +123,8 @@ def specialize(rule: Rule, compute: str) -> Any:
     _SPECIALIZED[rule.name, compute] = kernel
     if rule.reductions:
         _SPECIALIZED[rule.name + ".reduce", compute] = rule.specialize(natives, wrap, "reduce")
+    if rule.axis_reduce is not None:
+        _SPECIALIZED[rule.name + ".axis_reduce", compute] = rule.specialize(natives, wrap, "axis_reduce")
     return kernel
 
 
@@ -192,8 +195,14 @@ def driver_source(rule: Rule, variant: Variant) -> str:
     arguments += plan.coefficient_arguments(
         lambda name: repr(flags[name]),
         lambda name: f"{'python' if kinds[name] == 'python' else 'tensor'}_scalar({value(name)})")
+    # per-row and per-column values (stage (b)): float64 arrays over every tensor's rows and columns, finished
+    # on the host by `rule.axis_finish`; each element reads those of its row and column
+    axis_arguments = [f"np.{compute}(row_values[{j}, row])" for j in range(len(rule.row_values))]
+    axis_arguments += [f"np.{compute}(column_values[{j}, column])" for j in range(len(rule.column_values))]
     # per-tensor coefficients (stage (a)): one float64 per tensor, computed on the host by `rule.finish`
     tensor_arguments = [f"python_scalar({value(name)}[tensor])" for name in rule.tensor_coefficients]
+    axis_tables = ", row_length, matrix_size, row_offset, column_offset" if rule.axis_reduce else ""
+    axis_value_parameters = ", row_values, column_values" if rule.axis_reduce else ""
     results = [value("param"), *plan.slots.results(value)]
     scalar_parameters = "".join(", " + value(name) for name in plan.scalars)
     lines = [
@@ -218,8 +227,9 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         "",
         "",
         "@njit(nogil=True, error_model='numpy')",
-        f"def step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop, "
-        f"grad_scale{scalar_parameters}{''.join(', ' + value(name) for name in rule.tensor_coefficients)}):",
+        f"def step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, chunk_stop"
+        f"{axis_tables}, grad_scale{scalar_parameters}{axis_value_parameters}"
+        f"{''.join(', ' + value(name) for name in rule.tensor_coefficients)}):",
     ]
     chunk_views = [
         "    for chunk in range(first, last):",
@@ -230,9 +240,17 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         view("grad", "grad_ptrs[tensor]", variant.param_kind),
         *(view(name, f"state_ptrs[{plan.slots.index(name)}, tensor]", variant.state_kind) for name in active),
     ]
+    # stage (b): the element's row (over all rows of all of the tensor's matrices) and column, in the arrays
+    chunk_views += ["        row_base = row_offset[tensor]", "        column_base = column_offset[tensor]",
+                    "        length = row_length[tensor]", "        matrix = matrix_size[tensor]"] \
+        if rule.axis_reduce else []
+    element_index = ["            k = start + np.int64(i)", "            row = row_base + k // length",
+                     "            column = column_base + (k // matrix) * length + k % length"] \
+        if rule.axis_reduce else []
     lines += chunk_views
     lines += ["        for i in range(size):",
-              f"            {', '.join(results)}, = update({', '.join(arguments + tensor_arguments)})",
+              *element_index,
+              f"            {', '.join(results)}, = update({', '.join(arguments + axis_arguments + tensor_arguments)})",
               f"            {elements('param')}[i] = {_store(variant.param_kind, value('param'))}"]
     lines += [f"            {elements(name)}[i] = {_store(variant.state_kind, value(name))}" for name in active]
     if rule.reductions:
@@ -242,13 +260,30 @@ def driver_source(rule: Rule, variant: Variant) -> str:
         lines += ["", "", f"reduce = specialized_update({rule.name + '.reduce'!r}, {compute!r})", "", "",
                   "@njit(nogil=True, error_model='numpy')",
                   f"def reduce_step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, chunk_start, "
-                  f"chunk_stop, grad_scale, partial{scalar_parameters}):",
+                  f"chunk_stop{axis_tables}, grad_scale, partial{scalar_parameters}{axis_value_parameters}):",
                   *chunk_views,
                   *(f"        {summed} = 0.0" for summed in sums),
                   "        for i in range(size):",
-                  f"            {', '.join(terms)}, = reduce({', '.join(arguments)})",
+                  *element_index,
+                  f"            {', '.join(terms)}, = reduce({', '.join(arguments + axis_arguments)})",
                   *(f"            {summed} += {added}" for summed, added in zip(sums, terms, strict=True)),
                   *(f"        partial[chunk, {index}] = {summed}" for index, summed in enumerate(sums))]
+    if rule.axis_reduce is not None:
+        # The row and column pass (stage (b)): each element's terms added to its row's and its column's sums
+        # (float64); chunks of one tensor share rows and columns, so this pass runs its chunks in order
+        count = len(rule.row_reductions)
+        terms = [term(index) for index in range(count + len(rule.column_reductions))]
+        lines += ["", "", f"axis_reduce = specialized_update({rule.name + '.axis_reduce'!r}, {compute!r})", "", "",
+                  "@njit(nogil=True, error_model='numpy')",
+                  f"def axis_reduce_step(first, last, param_ptrs, grad_ptrs, state_ptrs, sizes, chunk_tensor, "
+                  f"chunk_start, chunk_stop{axis_tables}, grad_scale, row_sums, column_sums{scalar_parameters}):",
+                  *chunk_views,
+                  "        for i in range(size):",
+                  *element_index,
+                  f"            {', '.join(terms)}, = axis_reduce({', '.join(arguments)})",
+                  *(f"            row_sums[{index}, row] += {added}" for index, added in enumerate(terms[:count])),
+                  *(f"            column_sums[{index}, column] += {added}"
+                    for index, added in enumerate(terms[count:]))]
     return "\n".join(lines) + "\n"
 
 
@@ -263,6 +298,8 @@ def _code_fingerprint(code: Any) -> list[Any]:
 _DRIVERS: dict[tuple[Rule, Variant], Any] = {}
 #: (rule, variant) → the compiled reduce pass of a rule with reductions (the same module as its driver)
 _REDUCERS: dict[tuple[Rule, Variant], Any] = {}
+#: (rule, variant) → the compiled row and column pass of a rule with stage (b) (the same module)
+_AXIS_REDUCERS: dict[tuple[Rule, Variant], Any] = {}
 def driver(rule: Rule, variant: Variant) -> Any:
     """The driver for `variant`: built on first call, its compiled code loaded from the kernel cache if there.
 
@@ -276,6 +313,8 @@ def driver(rule: Rule, variant: Variant) -> Any:
                 module = _build_driver(rule, variant)
                 if rule.reductions:  # before the driver: a thread that finds the driver finds its reducer
                     _REDUCERS[key] = module.reduce_step
+                if rule.axis_reduce is not None:
+                    _AXIS_REDUCERS[key] = module.axis_reduce_step
                 _DRIVERS[key] = module.step
     return _DRIVERS[key]
 
@@ -290,7 +329,8 @@ def driver_module_name(rule: Rule, source: str) -> str:
     from ..kernels import numba_runtime, numba_scalars
     from ..rules import primitives
 
-    functions = [rule.update, *([rule.reduce] if rule.reductions else []), *rule.helpers.values(),
+    functions = [rule.update, *([rule.reduce] if rule.reductions else []),
+                 *([rule.axis_reduce] if rule.axis_reduce is not None else []), *rule.helpers.values(),
                  *primitives.FORMULAS.values(), *_NATIVES.values()]
     fingerprint = [numba.__version__, sys.version, source,
                    *(Path(module.__file__).read_text() for module in (numba_scalars, numba_runtime))]
@@ -321,6 +361,8 @@ def _build_driver(rule: Rule, variant: Variant) -> types.ModuleType:
             module.step._cache = DriverCache(module.step, directory)
             if rule.reductions:
                 module.reduce_step._cache = DriverCache(module.reduce_step, directory)
+            if rule.axis_reduce is not None:
+                module.axis_reduce_step._cache = DriverCache(module.axis_reduce_step, directory)
         sys.modules[module_name] = module  # Numba rebuilds a cached kernel's environment from it, by name
     return module
 
@@ -344,8 +386,13 @@ class _Layout:
             raise ValueError(f"numba: {rule.name} expects state tensors {active} per param")
         self.rule = rule
         self.active = active
-        self.plan = KernelPlan.of(rule, active)
+        # the per-row and per-column state (stage (b)) is read and written on the host, as tensors
+        self.axis_positions = {name: active.index(name) for name in rule.axis_state}
+        element_active = tuple(name for name in active if name not in rule.axis_state)
+        self.plan = KernelPlan.of(rule, active=element_active)
         flat_states = list(itertools.chain.from_iterable(states))
+        states = [[tensor for name, tensor in zip(active, state, strict=True) if name not in rule.axis_state]
+                  for state in states]
         self.param_dtypes = tuple(param.dtype for param in params)
         self.sizes = np.array([param.numel() for param in params], dtype=np.int64)
         self.param_pointers = np.fromiter(map(_data_ptr, params), np.int64, len(params))
@@ -366,20 +413,39 @@ class _Layout:
             if any(tensor.dtype != state_dtype for tensor in state):
                 raise ValueError(f"numba: param {index}'s state tensors have different dtypes")
             kinds.append((_DTYPES[param.dtype], _DTYPES[state_dtype]))
+        if rule.axis_reduce is not None:
+            self._axis_geometry(params)
         self._splits = []
         for (param_kind, state_kind), indices in split_by(kinds):
             selection = None if indices is None else np.array(indices, dtype=np.int64)
             members = range(len(params)) if indices is None else indices
             state_pointers = np.zeros((len(rule.state_names), len(members)), dtype=np.int64)
             for column, i in enumerate(members):
-                for name, tensor in zip(active, states[i], strict=True):
+                for name, tensor in zip(element_active, states[i], strict=True):
                     state_pointers[self.plan.slots.index(name), column] = tensor.data_ptr()
             table = ChunkTable.build(self.sizes if selection is None else self.sizes[selection], CHUNK)
+            axis_tables = tuple(array if selection is None else array[selection] for array in self.axis_tables) \
+                if rule.axis_reduce is not None else ()
             self._splits.append(_Split(param_kind, state_kind, self.plan.slots.used, selection,
                                        (state_pointers, table.sizes, table.chunk_tensor, table.chunk_start,
-                                        table.chunk_stop), table.chunk_sizes))
+                                        table.chunk_stop, *axis_tables), table.chunk_sizes))
         self.threads = 0
         self.splits: list[tuple[_Split, list[tuple[int, int]]]] = []
+
+    def _axis_geometry(self, params: Sequence[torch.Tensor]) -> None:
+        """Where each tensor's rows and columns lie in the stage (b) arrays (all rows of all its matrices, then the
+        next tensor's), and the row length and matrix size an element's index is divided by."""
+        self.shapes = [tuple(param.shape) for param in params]
+        if any(len(shape) < 2 for shape in self.shapes):
+            raise ValueError(f"numba: {self.rule.name}'s row and column reductions need params of at least two "
+                             f"dimensions, got shapes {self.shapes}")
+        self.row_counts = np.array([math.prod(shape[:-1]) for shape in self.shapes], dtype=np.int64)
+        self.column_counts = np.array([math.prod(shape[:-2]) * shape[-1] for shape in self.shapes], dtype=np.int64)
+        self.row_offsets = np.cumsum(self.row_counts) - self.row_counts
+        self.column_offsets = np.cumsum(self.column_counts) - self.column_counts
+        self.axis_tables = (np.array([shape[-1] for shape in self.shapes], dtype=np.int64),
+                            np.array([shape[-2] * shape[-1] for shape in self.shapes], dtype=np.int64),
+                            self.row_offsets, self.column_offsets)
 
     def fits(self, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]]) -> bool:
         """Whether these params (at the tables' data pointers) and state are what the tables describe: as
@@ -392,10 +458,12 @@ class _Layout:
                 and np.array_equal(np.fromiter(map(_nbytes_of, flat_states), np.int64, count), self.state_bytes))
 
     def step(self, coefficients: Mapping[str, Any], grads: Sequence[torch.Tensor], grad_scale: Any = None,
-             all_reduce: Any = None) -> None:
+             all_reduce: Any = None, states: Sequence[Sequence[torch.Tensor]] | None = None) -> None:
         """One fused, in-place pass over the params and state the tables describe, with `grads` of the params'
         sizes and dtypes (the caller checked); their data pointers are read here, on every call. A rule with
-        reductions first runs its reduce pass over the same chunks (`tensor_coefficients`)."""
+        reductions first runs its reduce pass over the same chunks (`tensor_coefficients`); one with row and
+        column reductions first its row and column pass (`axis_stage`, which reads and, once the update ran,
+        writes the per-row and per-column state among `states`)."""
         if torch.cuda.is_initialized() and not all(map(_is_cpu, grads)):
             raise ValueError("numba: every gradient must be a CPU tensor")
         if not all(map(_is_contiguous, grads)):
@@ -411,17 +479,66 @@ class _Layout:
         flags = self.plan.flag_values(coefficients)
         scalars, kinds = _scalars(coefficients[name] for name in self.plan.scalars)
         scale = 1.0 if grad_scale is None else float(grad_scale)
+        axis_values: tuple[np.ndarray, ...] = ()
+        if rule.axis_reduce is not None:
+            if states is None:
+                raise ValueError(f"numba: {rule.name}'s row and column reductions need the state tensors")
+            axis_values, finished = self.axis_stage(coefficients, grad_pointers, scale, scalars, flags, kinds,
+                                                    grad_scale is not None, states)
         per_tensor = self.tensor_coefficients(grad_pointers, scale, scalars, flags, kinds, grad_scale is not None,
-                                              all_reduce) if rule.reductions else None
+                                              all_reduce, axis_values) if rule.reductions else None
         for index, (split, pieces) in enumerate(self.splits):
             variant = Variant(split.param_kind, split.state_kind, flags, split.used, grad_scale is not None, kinds)
             run = _DRIVERS.get((rule, variant)) or driver(rule, variant)
-            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, *scalars,
+            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, *scalars, *axis_values,
                          *(per_tensor[index] if per_tensor else ()))
             if len(pieces) == 1:
                 run(*pieces[0], *arguments)
             else:
                 _WORKERS.run(pieces, run, arguments, threads - 1)
+        if rule.axis_reduce is not None:
+            for state, values in zip(states, finished, strict=True):
+                for name, position in self.axis_positions.items():
+                    state[position].copy_(values[name])
+
+    def axis_stage(self, coefficients: Mapping[str, Any], grad_pointers: np.ndarray, scale: float,
+                   scalars: list[Any], flags: tuple, kinds: tuple[str, ...], has_grad_scale: bool,
+                   states: Sequence[Sequence[torch.Tensor]]) -> tuple[tuple[np.ndarray, np.ndarray], list[dict]]:
+        """Stage (b): `rule.axis_reduce`'s terms summed over each tensor's rows and columns (float64) by the
+        generated pass over the chunk table, then `rule.axis_finish` on the host, per tensor, on torch tensors
+        of the param's dtype (the per-row and per-column state widened as eager reads it). Returns the per-row
+        and per-column values as the update reads them (float64 arrays over all rows, all columns), and each
+        tensor's finished values (the new state is stored once the update ran)."""
+        rule = self.rule
+        row_sums = np.zeros((len(rule.row_reductions), int(self.row_counts.sum())))
+        column_sums = np.zeros((len(rule.column_reductions), int(self.column_counts.sum())))
+        for split, _ in self.splits:
+            variant = Variant(split.param_kind, split.state_kind, flags, split.used, has_grad_scale, kinds)
+            if (rule, variant) not in _AXIS_REDUCERS:
+                driver(rule, variant)
+            # in order: chunks of one tensor add to the same rows and columns
+            _AXIS_REDUCERS[rule, variant](0, len(split.tables[2]), *self._pointers(split, grad_pointers),
+                                          *split.tables, scale, row_sums, column_sums, *scalars)
+        per_step = [coefficients[name] for name in rule.coefficient_names]
+        row_values = np.zeros((len(rule.row_values), row_sums.shape[1]))
+        column_values = np.zeros((len(rule.column_values), column_sums.shape[1]))
+        finished = []
+        for index, (shape, dtype, state) in enumerate(zip(self.shapes, self.param_dtypes, states, strict=True)):
+            row_shape, column_shape = (*shape[:-1], 1), (*shape[:-2], 1, shape[-1])
+            rows = slice(self.row_offsets[index], self.row_offsets[index] + self.row_counts[index])
+            columns = slice(self.column_offsets[index], self.column_offsets[index] + self.column_counts[index])
+            sums = [torch.from_numpy(row_sums[j, rows]).reshape(row_shape).to(dtype) for j in range(len(row_sums))]
+            sums += [torch.from_numpy(column_sums[j, columns]).reshape(column_shape).to(dtype)
+                     for j in range(len(column_sums))]
+            kept = [state[self.axis_positions[name]].to(dtype) for name in rule.axis_state]
+            values = rule.axis_finish(*kept, *sums, *per_step)
+            for j, name in enumerate(rule.row_values):
+                row_values[j, rows] = torch.broadcast_to(torch.as_tensor(values[name]), row_shape).reshape(-1).double()
+            for j, name in enumerate(rule.column_values):
+                column_values[j, columns] = torch.broadcast_to(torch.as_tensor(values[name]),
+                                                               column_shape).reshape(-1).double()
+            finished.append(values)
+        return (row_values, column_values), finished
 
     def _pointers(self, split: _Split, grad_pointers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The split's params' and gradients' data pointers."""
@@ -430,7 +547,8 @@ class _Layout:
         return self.param_pointers[split.selection], grad_pointers[split.selection]
 
     def tensor_coefficients(self, grad_pointers: np.ndarray, scale: float, scalars: list[Any], flags: tuple,
-                            kinds: tuple[str, ...], has_grad_scale: bool, all_reduce: Any) -> list[list[np.ndarray]]:
+                            kinds: tuple[str, ...], has_grad_scale: bool, all_reduce: Any,
+                            axis_values: tuple[np.ndarray, ...] = ()) -> list[list[np.ndarray]]:
         """Stage (a): per-tensor sums of `rule.reduce`'s terms over the chunk table, `rule.finish`ed on the host.
 
         Each chunk's sums (float64) go to a row of `partial`; rows add up per tensor (an empty tensor has no
@@ -445,7 +563,7 @@ class _Layout:
                 driver(rule, variant)
             chunk_tensor = split.tables[2]
             partial = np.zeros((len(chunk_tensor), len(rule.reductions)))
-            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, partial, *scalars)
+            arguments = (*self._pointers(split, grad_pointers), *split.tables, scale, partial, *scalars, *axis_values)
             if len(pieces) == 1:  # each chunk writes its own row of `partial`: pieces may run in parallel
                 _REDUCERS[rule, variant](*pieces[0], *arguments)
             else:
@@ -595,13 +713,15 @@ class NumbaCPU:
         return None
 
     def prepare(self, rule: Rule, hyperparameters: Mapping[str, Any], params: Sequence[torch.Tensor],
-                states: Sequence[Sequence[torch.Tensor]]) -> _Layout:
+                states: Sequence[Sequence[torch.Tensor]]) -> _Layout | None:
         """The tables for these params and state, whose `step(coefficients, grads, grad_scale)` runs them.
 
         They hold the params' and state tensors' data pointers and sizes: valid while every one of those
         tensors is where it was, as large and of the same dtype, and the gradients have the params' sizes and
         dtypes (what `_Layout.fits` checks), which the caller checks before each `step`.
         """
+        if rule.axis_reduce is not None:  # its per-row and per-column state is handed to every `step`
+            return None
         return _Layout(rule, params, states, rule.active_state(hyperparameters))
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
@@ -632,7 +752,7 @@ class NumbaCPU:
                 if grad.numel() != param.numel() or grad.dtype != param.dtype or grad.device != param.device:
                     raise ValueError(f"numba: a gradient of {grad.numel()} {grad.dtype} elements on {grad.device} "
                                      f"for a param of {param.numel()} {param.dtype} on {param.device}")
-        layout.step(coefficients, grads, grad_scale, all_reduce)
+        layout.step(coefficients, grads, grad_scale, all_reduce, states)
 
     def step_counters(self, counters: Sequence[torch.Tensor]) -> _StepCounters | None:
         """Compiled `step` counters when every one is a plain float32 CPU scalar, else None (the portable way)."""

@@ -211,7 +211,14 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
             arguments.append(pointer(name))
             prologue.append(f"    {value(name)} = tl.load({pointer(name)}) != 0")
     reducing = stage == "reduce"
-    per_tensor = () if reducing else rule.tensor_coefficients
+    axis_reducing = stage == "axis_reduce"
+    has_axis = rule.axis_reduce is not None
+    if has_axis:  # stage (b): each tensor's row length, matrix size and first row and column in the arrays
+        arguments += ["row_length", "matrix_size", "row_offset", "column_offset",
+                      *(("row_sums", "column_sums") if axis_reducing else ("row_values", "column_values")),
+                      "total_rows", "total_columns"]
+    axis_values = () if axis_reducing else rule.axis_values
+    per_tensor = () if reducing or axis_reducing else rule.tensor_coefficients
     arguments += [pointer(name) for name in per_tensor]
     if reducing:
         arguments.append("partial")
@@ -235,8 +242,23 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
             lines.append(f"{value('grad')} = {value('grad')} / {value(GRAD_SCALE)}")
         state_arguments = plan.slots.arguments(value, f"tl.full([ROWS, BLOCK], 0.0, {compute})")
         results = ", ".join((value("param"), *plan.slots.results(value)))
+        for index, name in enumerate(axis_values):  # the element's row's or column's value
+            rows = index < len(rule.row_values)
+            array, at = ("row_values", "row") if rows else ("column_values", "column")
+            position = index if rows else index - len(rule.row_values)
+            lines.append(f"{value(name)} = tl.load({array} + {position} * total_{at}s + {at}{mask}).to({compute})")
         call = ", ".join((value("param"), value("grad"), *state_arguments,
-                          *plan.coefficient_arguments(value, value), *map(value, per_tensor)))
+                          *plan.coefficient_arguments(value, value), *map(value, axis_values),
+                          *map(value, per_tensor)))
+        if axis_reducing:
+            count = len(rule.row_reductions)
+            terms = [term(index) for index in range(count + len(rule.column_reductions))]
+            lines.append(f"{', '.join(terms)}, = axis_reduce({call})")
+            for index, added in enumerate(terms):  # elements of one row (column) meet in one sum: atomics
+                array, at, position = (("row_sums", "row", index) if index < count
+                                       else ("column_sums", "column", index - count))
+                lines.append(f"tl.atomic_add({array} + {position} * total_{at}s + {at}, {added}{mask})")
+            return lines
         if reducing:
             terms = [term(index) for index in range(len(rule.reductions))]
             lines.append(f"{', '.join(terms)}, = reduce({call})")
@@ -270,6 +292,12 @@ def _kernel_source(rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str]
         *(f"{value(name)} = tl.load({pointer(name)} + tensor, mask=live, other=0).to({compute})[:, None]"
           for name in per_tensor),
     ]
+    if has_axis:  # the row (over all of the tensor's matrices' rows) and column of each element
+        body += ["length = tl.load(row_length + tensor, mask=live, other=1)[:, None]",
+                 "matrix = tl.load(matrix_size + tensor, mask=live, other=1)[:, None]",
+                 "row = tl.load(row_offset + tensor, mask=live, other=0)[:, None] + offsets // length",
+                 "column = tl.load(column_offset + tensor, mask=live, other=0)[:, None] + (offsets // matrix) * length"
+                 " + offsets % length"]
     for row, (slot, dtype) in enumerate(zip(slots, dtypes, strict=True)):
         body.append(f"{pointer(slot)} = tl.load(addresses + {row} * n_tensors + tensor, mask=live, other=0)"
                     f".to(tl.pointer_type({dtype}))")
@@ -414,6 +442,11 @@ class TritonBackend:
         if not params:
             return
         active = tuple(rule.active_state(hyperparameters))
+        if rule.axis_state:  # the per-row and per-column state (stage (b)) is read and written on the host
+            axis_states = states
+            states = [[tensor for name, tensor in zip(active, state, strict=True) if name not in rule.axis_state]
+                      for state in states]
+            active = tuple(name for name in active if name not in rule.axis_state)
         # The per-tensor host work, kept to a few C calls per tensor: 10,000 small tensors must stay cheap.
         grads = [grad if grad.is_contiguous() else grad.contiguous() for grad in grads]
         columns = list(zip(*states, strict=True)) if active else []
@@ -437,8 +470,16 @@ class TritonBackend:
         if found_inf is not None:
             arguments.append(found_inf.to(device, non_blocking=True))
         launches = plan.launches([grad.data_ptr() for grad in grads], device)
+        axis_arguments: list[list[Any]] = [[] for _ in launches]
+        if rule.axis_reduce is not None:
+            if found_inf is not None:
+                raise ValueError(f"triton: {rule.name}'s per-row and per-column state is finished on the host, "
+                                 "which cannot skip on a device-side found_inf: check it before the step")
+            axis_arguments, finished = self._axis_stage(triton, rule, active, kinds, launches, arguments, params,
+                                                        axis_states, coefficients, hyperparameters, device)
         per_tensor = self._tensor_coefficients(triton, rule, active, kinds, launches, arguments, found_inf,
-                                               len(params), device, all_reduce) if rule.reductions else None
+                                               len(params), device, all_reduce,
+                                               axis_arguments) if rule.reductions else None
         for index, (group, addresses, aligned) in enumerate(launches):
             kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
                                   group.numel_multiple)
@@ -446,25 +487,89 @@ class TritonBackend:
                 # FMA contraction on, as nvcc compiles PyTorch's own CUDA kernels (Triton 3.10 turns it off).
                 kernel[(-(-group.total_blocks // group.rows),)](
                     group.layout, addresses, group.n_tensors, group.total_blocks, *_before_found_inf(
-                        arguments, found_inf, per_tensor[index] if per_tensor else []),
+                        arguments, found_inf, [*axis_arguments[index], *(per_tensor[index] if per_tensor else [])]),
                     ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+        if rule.axis_reduce is not None:
+            positions = {name: rule.active_state(hyperparameters).index(name) for name in rule.axis_state}
+            for state, values in zip(axis_states, finished, strict=True):
+                for name, position in positions.items():
+                    state[position].copy_(values[name])
+
+    def _axis_stage(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
+                    launches: list[tuple[_Group, Any, bool]], arguments: list[Any], params: Sequence[Any],
+                    states: Sequence[Sequence[Any]], coefficients: Mapping[str, Any],
+                    hyperparameters: Mapping[str, Any], device: Any) -> tuple[list[list[Any]], list[dict]]:
+        """Stage (b): the row and column kernel over each launch's layout adds `rule.axis_reduce`'s terms into
+        each tensor's row and column sums (atomically: a row's elements lie in several tiles), then
+        `rule.axis_finish` per tensor on the device, in the param's dtype (the per-row and per-column state
+        widened, as eager reads it). Returns, per launch, the arguments its update and reduce kernels take (the
+        geometry tables and the per-row and per-column values), and each tensor's finished values."""
+        shapes = [tuple(param.shape) for param in params]
+        if any(len(shape) < 2 for shape in shapes):
+            raise ValueError(f"triton: {rule.name}'s row and column reductions need params of at least two "
+                             f"dimensions, got shapes {shapes}")
+        row_counts = [math.prod(shape[:-1]) for shape in shapes]
+        column_counts = [math.prod(shape[:-2]) * shape[-1] for shape in shapes]
+        row_offsets = list(itertools.accumulate(row_counts, initial=0))
+        column_offsets = list(itertools.accumulate(column_counts, initial=0))
+        total_rows, total_columns = row_offsets[-1], column_offsets[-1]
+        compute = torch.float64 if any(group.dtypes[0] == "tl.float64" for group, _, _ in launches) else torch.float32
+        tables = []
+        for group, _, _ in launches:
+            members = range(len(params)) if group.indices is None else group.indices
+            tables.append([torch.tensor(values, dtype=torch.int64, device=device) for values in (
+                [shapes[i][-1] for i in members], [shapes[i][-2] * shapes[i][-1] for i in members],
+                [row_offsets[i] for i in members], [column_offsets[i] for i in members])])
+        row_sums = torch.zeros(len(rule.row_reductions), max(total_rows, 1), dtype=compute, device=device)
+        column_sums = torch.zeros(len(rule.column_reductions), max(total_columns, 1), dtype=compute, device=device)
+        for (group, addresses, aligned), table in zip(launches, tables, strict=True):
+            kernel = self._kernel(triton, rule, active, kinds, group.dtypes, False, aligned, group.numel_multiple,
+                                  "axis_reduce")
+            with _on(device):
+                kernel[(-(-group.total_blocks // group.rows),)](
+                    group.layout, addresses, group.n_tensors, group.total_blocks, *arguments, *table, row_sums,
+                    column_sums, total_rows, total_columns,
+                    ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
+        per_step = [coefficients[name] for name in rule.coefficient_names]
+        positions = {name: rule.active_state(hyperparameters).index(name) for name in rule.axis_state}
+        row_values = torch.zeros(len(rule.row_values), max(total_rows, 1), dtype=compute, device=device)
+        column_values = torch.zeros(len(rule.column_values), max(total_columns, 1), dtype=compute, device=device)
+        finished = []
+        for index, (param, shape, state) in enumerate(zip(params, shapes, states, strict=True)):
+            row_shape, column_shape = (*shape[:-1], 1), (*shape[:-2], 1, shape[-1])
+            rows = slice(row_offsets[index], row_offsets[index + 1])
+            columns = slice(column_offsets[index], column_offsets[index + 1])
+            sums = [row_sums[j, rows].reshape(row_shape).to(param.dtype) for j in range(len(row_sums))]
+            sums += [column_sums[j, columns].reshape(column_shape).to(param.dtype) for j in range(len(column_sums))]
+            kept = [state[positions[name]].to(param.dtype) for name in rule.axis_state]
+            values = rule.axis_finish(*kept, *sums, *per_step)
+            for j, name in enumerate(rule.row_values):
+                row_values[j, rows] = torch.broadcast_to(torch.as_tensor(values[name], device=device),
+                                                         row_shape).reshape(-1)
+            for j, name in enumerate(rule.column_values):
+                column_values[j, columns] = torch.broadcast_to(torch.as_tensor(values[name], device=device),
+                                                               column_shape).reshape(-1)
+            finished.append(values)
+        return [[*table, row_values, column_values, total_rows, total_columns] for table in tables], finished
 
     def _tensor_coefficients(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                              launches: list[tuple[_Group, Any, bool]], arguments: list[Any], found_inf: Any,
-                             count: int, device: Any, all_reduce: Any) -> list[list[Any]]:
+                             count: int, device: Any, all_reduce: Any,
+                             axis_arguments: list[list[Any]] | None = None) -> list[list[Any]]:
         """Stage (a): the reduce kernel's per-chunk sums over each launch's layout, added up per tensor,
         all-reduced where the front end asks (DTensor shards), `rule.finish`ed; per launch, one device
         tensor per tensor coefficient (one value per tensor of the launch)."""
         compute = torch.float64 if any(group.dtypes[0] == "tl.float64" for group, _, _ in launches) else torch.float32
         sums = torch.zeros(count, len(rule.reductions), dtype=compute, device=device)
-        for group, addresses, aligned in launches:
+        for index, (group, addresses, aligned) in enumerate(launches):
             kernel = self._kernel(triton, rule, active, kinds, group.dtypes, found_inf is not None, aligned,
                                   group.numel_multiple, "reduce")
             partial = torch.zeros(max(group.total_blocks, 1), len(rule.reductions), dtype=compute, device=device)
             with _on(device):
                 kernel[(-(-group.total_blocks // group.rows),)](
                     group.layout, addresses, group.n_tensors, group.total_blocks,
-                    *_before_found_inf(arguments, found_inf, [partial]),
+                    *_before_found_inf(arguments, found_inf, [*(axis_arguments[index] if axis_arguments else []),
+                                                              partial]),
                     ROWS=group.rows, BLOCK=group.block, num_warps=group.warps, enable_fp_fusion=True)
             tensor_of_chunk = group.layout[group.n_tensors:group.n_tensors + group.total_blocks]
             group_sums = torch.zeros(group.n_tensors, len(rule.reductions), dtype=compute, device=device)
@@ -529,7 +634,8 @@ class TritonBackend:
                      "add": triton.jit(add)}  # jitted even when interpreting: `tl.reduce` reads its `.fn`
         exec(compile(source, filename, "exec"), namespace)  # our own generated source
         # Sizes vary with the group: keep them out of the specialization, so a new group does not recompile.
-        kernel = triton.jit(namespace[f"{rule.name}_{stage}_kernel"], do_not_specialize=["n_tensors", "total_blocks"])
+        sizes = ["n_tensors", "total_blocks", *(["total_rows", "total_columns"] if rule.axis_reduce else [])]
+        kernel = triton.jit(namespace[f"{rule.name}_{stage}_kernel"], do_not_specialize=sizes)
         self._kernels[key] = kernel
         return kernel
 
@@ -539,7 +645,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
         stage: str = "update") -> str:
     """The PTX the backend would run for `rule` on an sm_`arch` GPU, compiled here without one.
 
-    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel.
+    `stage="reduce"`: the reduce kernel of a rule with per-tensor reductions instead of its update kernel;
+    `stage="axis_reduce"`: the row and column kernel of a rule with row and column reductions (stage (b)).
 
     Checks what only a GPU runs (Triton's compiler, not its interpreter, accepts the rule; full chunks use
     vectorized `ld.global.v4`) on any machine with Triton's bundled `ptxas`. `step` may be a 0-dim tensor,
@@ -551,7 +658,8 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    active = tuple(rule.active_state(hyperparameters))
+    hyperparameters = rule.hyperparameters_for(hyperparameters, getattr(torch, dtype))
+    active = tuple(name for name in rule.active_state(hyperparameters) if name not in rule.axis_state)
     scalars = rule.advance_scalar_state(step, rule.initial_scalar_state(hyperparameters), hyperparameters)
     coefficients = rule.coefficients(step, **hyperparameters, **scalars)
     kinds = {name: _coefficient(coefficients[name], flag=name in rule.flags)[0] for name in rule.coefficient_names}
@@ -568,8 +676,11 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
             constants[(index,)] = {"BLOCK": block, "ROWS": 1}.get(name, coefficients.get(name.removeprefix("_ol_v_")))
         else:
             pointer = "*i1" if kinds.get(name.removeprefix("_ol_p_")) == "bool_pointer" else "*fp32"
+            floats = "*fp64" if dtype == "float64" else "*fp32"
             fixed = {"layout": "*i64", "addresses": "*i64", "n_tensors": "i32", "total_blocks": "i32",
-                     "partial": "*fp64" if dtype == "float64" else "*fp32"}
+                     "partial": floats, "row_length": "*i64", "matrix_size": "*i64", "row_offset": "*i64",
+                     "column_offset": "*i64", "row_values": floats, "column_values": floats, "row_sums": floats,
+                     "column_sums": floats, "total_rows": "i32", "total_columns": "i32"}
             scalar = "fp64" if dtype == "float64" else "fp32"
             signature[name] = fixed.get(name, pointer if name.startswith("_ol_p_") else scalar)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants,

@@ -1,8 +1,10 @@
 """What the compiled backends derive from a rule before they write a kernel in their own dialect.
 
 Both the Numba and the Triton backend generate a small kernel around the rule's `update`: it loads each
-element's param, gradient and state, calls `update(param, grad, *state, *coefficients, *tensor_coefficients)`
-and stores the results. What that call looks like is decided here, once:
+element's param, gradient and state, calls `update(param, grad, *state, *coefficients, *axis_values,
+*tensor_coefficients)` and stores the results (`axis_values`: the element's row's and column's values of a
+rule with row and column reductions, stage (b), read from arrays each backend fills on the host). What that
+call looks like is decided here, once:
 
 * `Slots`: which of the rule's state slots a configuration uses (`Rule.active_state`). An active slot is
   loaded and stored; an inactive one is passed a dummy zero and its result dropped (`_`), so the kernel

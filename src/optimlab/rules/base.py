@@ -16,6 +16,21 @@ breaks it fails at import with the reason, not later inside a kernel:
   tensor; `finish(*sums)` turns the sums into the per-tensor coefficients named in `tensor_coefficients`,
   which `update` takes after the per-step ones. Backends sum over the same elements they update (a DTensor
   shard sums its part, and the front end all-reduces the partial sums over the shard group before `finish`);
+* reductions over the rows and columns of a matrix (stage (b): Adafactor's factored second moment) are
+  `row_reductions` (sums over the last axis, shape (..., R, 1)) and `column_reductions` (sums over the
+  second-to-last axis, shape (..., 1, C)): `axis_reduce(param, grad, *state, *coefficients)` returns one
+  elementwise term per name, rows first; `axis_finish(*row_state, *column_state, *row_sums, *column_sums,
+  *coefficients)` turns the sums into the new per-row and per-column state (`row_state`, `column_state`: kept
+  in those shapes, as torch keeps Adafactor's `row_var` and `col_var`) and the per-row and per-column values
+  named in `row_coefficients` and `column_coefficients` (a value of shape (..., 1, 1), one per matrix, is
+  broadcast to its rows or columns). `axis_finish` runs on the small per-row and per-column tensors as it is
+  (arithmetic, the natives and the matrix natives, on NumPy arrays or torch tensors) on every backend; the
+  passes over the elements are the backends'. `update` (and `reduce`, so stage (a) can follow stage (b)) takes
+  `*row_state, *row_coefficients, *column_state, *column_coefficients` after the per-step coefficients, each
+  value of its element's row or column. A param needs at least two dimensions for them: `for_shape(shape)`
+  says which rule a param of a given shape runs (Adafactor: the factored rule for matrices, the unfactored
+  one for vectors), and `for_dtype(hyperparameters, dtype)` resolves hyperparameters that depend on the dtype
+  (Adafactor's ε1 = None: the dtype's machine epsilon);
 * reductions over a whole param group (stage (c): the global gradient norm of fused clipping) are the
   reductions also named in `group_reductions`: `finish` then receives, for every tensor of the group, the
   sum's total over all the group's tensors instead of the tensor's own sum (`group_totals`, applied by every
@@ -87,6 +102,16 @@ class Rule:
     tensor_coefficients: tuple[str, ...] = ()
     tensor_stage: Callable[..., dict[str, Any]] | None = None
     group_reductions: tuple[str, ...] = ()
+    row_reductions: tuple[str, ...] = ()
+    column_reductions: tuple[str, ...] = ()
+    axis_reduce: Callable[..., tuple] | None = None
+    axis_finish: Callable[..., dict[str, Any]] | None = None
+    row_state: tuple[str, ...] = ()
+    column_state: tuple[str, ...] = ()
+    row_coefficients: tuple[str, ...] = ()
+    column_coefficients: tuple[str, ...] = ()
+    for_shape: Callable[[tuple[int, ...]], Rule] | None = None
+    for_dtype: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -95,7 +120,54 @@ class Rule:
     def coefficient_names(self) -> tuple[str, ...]:
         """The per-step scalar arguments of `update`, in order (read once from its signature)."""
         parameters = list(inspect.signature(self.update).parameters)
-        return tuple(parameters[2 + len(self.state_names):len(parameters) - len(self.tensor_coefficients)])
+        return tuple(parameters[2 + len(self.state_names):
+                                len(parameters) - len(self.tensor_coefficients) - len(self.axis_values)])
+
+    @property
+    def row_values(self) -> tuple[str, ...]:
+        """The per-row values `update` takes (stage (b)): the row state, then the row coefficients."""
+        return self.row_state + self.row_coefficients
+
+    @property
+    def column_values(self) -> tuple[str, ...]:
+        """The per-column values `update` takes (stage (b)): the column state, then the column coefficients."""
+        return self.column_state + self.column_coefficients
+
+    @property
+    def axis_values(self) -> tuple[str, ...]:
+        """`update`'s per-row and per-column parameters, in its order (after the per-step coefficients)."""
+        return self.row_values + self.column_values
+
+    @property
+    def axis_state(self) -> tuple[str, ...]:
+        """The state kept per row or per column (not of the param's shape)."""
+        return self.row_state + self.column_state
+
+    def state_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of state `name` for a param of `shape`: (..., R, 1) per row, (..., 1, C) per column, else
+        the param's (torch's Adafactor: `row_var`, `col_var`)."""
+        shape = tuple(shape)
+        if name in self.row_state:
+            return (*shape[:-1], 1)
+        if name in self.column_state:
+            return (*shape[:-2], 1, shape[-1])
+        return shape
+
+    def rule_for_shape(self, shape: tuple[int, ...]) -> Rule:
+        """The rule a param of `shape` runs: `for_shape(shape)`, or this rule where it has no such hook."""
+        if self.for_shape is None:
+            return self
+        chosen = self.for_shape(tuple(shape))
+        if chosen.axis_state and len(shape) < 2:
+            raise ValueError(f"{self.name}: the rule {chosen.name!r} keeps state per row and column, which a "
+                             f"param of shape {tuple(shape)} does not have")
+        return chosen
+
+    def hyperparameters_for(self, hyperparameters: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+        """`hyperparameters` resolved for params of `dtype` (`for_dtype`; unchanged without it)."""
+        if self.for_dtype is None:
+            return dict(hyperparameters)
+        return self.for_dtype(hyperparameters, dtype)
 
     @functools.cached_property
     def helpers(self) -> dict[str, Callable]:
@@ -106,7 +178,7 @@ class Rule:
         `sign`-like helper defined next to a rule outside the package. Backends compile them with the rule.
         """
         found: dict[str, Callable] = {}
-        for function in (self.update, self.reduce, self.finish):
+        for function in (self.update, self.reduce, self.finish, self.axis_reduce):
             if function is not None:
                 _collect_helpers(function, found)
         return found
@@ -141,6 +213,10 @@ class Rule:
         Each param has its own state and step count (`steps`, one each); a group reduction's total
         (`group_reductions`) is summed over all of `params` before any `finish` (`group_totals`).
         """
+        if params:  # torch's choice: the dtype of the group's first param resolves it for all of them
+            hyperparameters = self.hyperparameters_for(hyperparameters, dtype_of(params[0]))
+        if self.for_shape is not None:
+            return self._step_by_shape(params, grads, states, steps, hyperparameters, tensor_axes)
         active = self.active_state(hyperparameters)
         work = []
         for param, grad, state, step in zip(params, grads, states, steps, strict=True):
@@ -148,10 +224,18 @@ class Rule:
             coefficients = self.coefficients(step, **hyperparameters, **scalars)
             arguments = [state[name] if name in active else None for name in self.state_names]
             work.append((param, grad, arguments, [coefficients[name] for name in self.coefficient_names], scalars))
+        axis: list[dict[str, Any]] = [{} for _ in work]
+        if self.axis_reduce is not None:
+            if tensor_axes is not None:
+                raise ValueError(f"{self.name}: its row and column reductions take whole tensors, not rows of one "
+                                 f"(tensor_axes)")
+            axis = [self._axis_stage(param, grad, arguments, per_step, state)
+                    for (param, grad, arguments, per_step, _), state in zip(work, states, strict=True)]
         per_tensor: list[list[Any]] = [[] for _ in work]
         if self.reductions and work:
-            rows = [[_sum(term, tensor_axes) for term in self.reduce(param, grad, *arguments, *per_step)]
-                    for param, grad, arguments, per_step, _ in work]
+            rows = [[_sum(term, tensor_axes)
+                     for term in self.reduce(param, grad, *arguments, *per_step, *self._axis_arguments(finished))]
+                    for (param, grad, arguments, per_step, _), finished in zip(work, axis, strict=True)]
             columns = group_totals(self, [list(column) for column in zip(*rows, strict=True)])
             for index, row in enumerate(rows):
                 sums = [column if name in self.group_reductions else own
@@ -165,10 +249,45 @@ class Rule:
                 staged = self.tensor_stage(param, grad, *arguments, *per_step)
                 per_tensor[index] = [in_dtype_of(staged[name], param) for name in self.tensor_coefficients]
         results = []
-        for (param, grad, arguments, per_step, scalars), extra in zip(work, per_tensor, strict=True):
-            new_param, *new_state = self.update(param, grad, *arguments, *per_step, *extra)
+        for (param, grad, arguments, per_step, scalars), extra, finished in zip(work, per_tensor, axis, strict=True):
+            new_param, *new_state = self.update(param, grad, *arguments, *per_step, *self._axis_arguments(finished),
+                                                *extra)
             updated = zip(self.state_names, new_state, strict=True)
-            results.append((new_param, {**{name: value for name, value in updated if name in active}, **scalars}))
+            results.append((new_param, {**{name: value for name, value in updated if name in active},
+                                        **{name: finished[name] for name in self.axis_state}, **scalars}))
+        return results
+
+    def _axis_stage(self, param: Any, grad: Any, arguments: list[Any], per_step: list[Any],
+                    state: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage (b) of one param: `axis_reduce`'s terms summed over its rows and columns, `axis_finish`ed."""
+        if len(getattr(param, "shape", ())) < 2:
+            raise ValueError(f"{self.name}: row and column reductions need a param of at least two dimensions, "
+                             f"got shape {tuple(getattr(param, 'shape', ()))}")
+        terms = self.axis_reduce(param, grad, *arguments, *per_step)
+        count = len(self.row_reductions)
+        row_sums = [axis_sum(term, -1) for term in terms[:count]]
+        column_sums = [axis_sum(term, -2) for term in terms[count:]]
+        return self.axis_finish(*(state[name] for name in self.axis_state), *row_sums, *column_sums, *per_step)
+
+    def _axis_arguments(self, finished: Mapping[str, Any]) -> list[Any]:
+        """`update`'s per-row and per-column arguments from `axis_finish`'s values (none without stage (b))."""
+        return [finished[name] for name in self.axis_values]
+
+    def _step_by_shape(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
+                       steps: Sequence[int], hyperparameters: Mapping[str, Any],
+                       tensor_axes: tuple[int, ...] | None) -> list[tuple[Any, dict[str, Any]]]:
+        """`step_group` where params of different shapes run different rules (`for_shape`): each rule steps
+        its params, results in the params' order."""
+        by_rule: dict[Rule, list[int]] = {}
+        for index, param in enumerate(params):
+            by_rule.setdefault(self.rule_for_shape(tuple(getattr(param, "shape", ()))), []).append(index)
+        results: list[Any] = [None] * len(params)
+        for rule, indices in by_rule.items():
+            stepped = rule.step_group([params[i] for i in indices], [grads[i] for i in indices],
+                                      [states[i] for i in indices], [steps[i] for i in indices], hyperparameters,
+                                      tensor_axes)
+            for index, result in zip(indices, stepped, strict=True):
+                results[index] = result
         return results
 
     def initial_scalar_state(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,7 +307,7 @@ class Rule:
 
     def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f,
                    function: str = "update") -> Any:
-        """`update` (or `reduce`) re-bound to a backend's natives and wrapped (e.g. by `numba.njit`, `triton.jit`).
+        """`update` (or `reduce`, `axis_reduce`) re-bound to a backend's natives and wrapped (`numba.njit`...).
 
         The function object is rebuilt from the rule's own code object with new globals, so a kernel runs
         the very bytecode (Numba) or source (Triton) of the rule: there is no second copy of the math.
@@ -298,9 +417,15 @@ def check_contract(rule: Rule) -> None:
     if tuple(names[len(names) - len(rule.tensor_coefficients):]) != tuple(rule.tensor_coefficients):
         fail(f"update's last parameters must be the per-tensor coefficients {rule.tensor_coefficients}")
     coefficient_names = coefficient_names[:len(coefficient_names) - len(rule.tensor_coefficients)]
+    axis_values = rule.axis_values
+    if tuple(coefficient_names[len(coefficient_names) - len(axis_values):]) != axis_values:
+        fail(f"update's parameters before the per-tensor coefficients must be the per-row and per-column values "
+             f"{axis_values} (row state, row coefficients, column state, column coefficients)")
+    coefficient_names = coefficient_names[:len(coefficient_names) - len(axis_values)]
     if set(scalars) != set(rule.scalar_state):
         fail(f"scalar_update returns {sorted(scalars)}, the scalar state is {sorted(rule.scalar_state)}")
-    coefficients = rule.coefficients(1, **rule.hyperparameters, **scalars)
+    hyperparameters = rule.hyperparameters_for(rule.hyperparameters, _float64())
+    coefficients = rule.coefficients(1, **hyperparameters, **scalars)
     if set(coefficients) != set(coefficient_names):
         fail(f"coefficients returns {sorted(coefficients)}, update takes {sorted(coefficient_names)}")
     for name in coefficient_names:
@@ -309,9 +434,55 @@ def check_contract(rule: Rule) -> None:
             fail(f"flag {name!r} must be a Python bool, coefficients gives {coefficients[name]!r}")
         if is_bool and name not in rule.flags:
             fail(f"coefficient {name!r} is a bool: declare it in flags (a structural branch) or pass a number")
+    _check_axis_stage(rule, names, coefficient_names, coefficients, fail)
     active = tuple(rule.active_state(rule.hyperparameters))
-    if not set(active) <= set(rule.state_names):
-        fail(f"active_state names {sorted(set(active) - set(rule.state_names))}, not in {rule.state_names}")
+    known = rule.state_names + rule.axis_state
+    if not set(active) <= set(known):
+        fail(f"active_state names {sorted(set(active) - set(known))}, not in {known}")
+    if rule.for_shape is not None and rule.group_reductions:
+        fail("a rule choosing its rule per shape (for_shape) cannot have group reductions (they would span rules)")
+
+
+def _float64() -> Any:
+    import numpy
+
+    return numpy.dtype(numpy.float64)
+
+
+def _check_axis_stage(rule: Rule, names: list[str], coefficient_names: list[str], coefficients: Mapping[str, Any],
+                      fail: Callable[[str], None]) -> None:
+    """Stage (b)'s part of the contract: the fields come together, the signatures, and what `axis_finish`
+    returns (checked on a 2 × 3 matrix of ones)."""
+    has_sums = bool(rule.row_reductions or rule.column_reductions)
+    if has_sums != (rule.axis_reduce is not None) or has_sums != (rule.axis_finish is not None):
+        fail("row_reductions/column_reductions, axis_reduce and axis_finish come together (the sums over rows and "
+             "columns, their elementwise terms, the finish)")
+    if not has_sums:
+        if rule.axis_values:
+            fail(f"per-row and per-column values {rule.axis_values} need row or column reductions to compute them")
+        return
+    every = [*names, *rule.reductions, *rule.row_reductions, *rule.column_reductions]
+    duplicated = sorted({name for name in every if every.count(name) > 1} - set(rule.axis_values))
+    if duplicated or len(set(rule.axis_values)) != len(rule.axis_values):
+        fail(f"names {duplicated or list(rule.axis_values)} are used twice among the parameters, the state and the "
+             f"reductions")
+    leading = names[:len(names) - len(rule.tensor_coefficients) - len(rule.axis_values)]
+    if list(inspect.signature(rule.axis_reduce).parameters) != leading:
+        fail(f"axis_reduce takes update's parameters before the per-row and per-column values {tuple(leading)}, "
+             f"got {tuple(inspect.signature(rule.axis_reduce).parameters)}")
+    expected = [*rule.axis_state, *rule.row_reductions, *rule.column_reductions, *coefficient_names]
+    if list(inspect.signature(rule.axis_finish).parameters) != expected:
+        fail(f"axis_finish takes (*row_state, *column_state, *row_reductions, *column_reductions, *coefficients) "
+             f"{tuple(expected)}, got {tuple(inspect.signature(rule.axis_finish).parameters)}")
+    import numpy
+
+    rows, columns = numpy.ones((2, 1)), numpy.ones((1, 3))
+    finished = rule.axis_finish(*(rows for _ in rule.row_state), *(columns for _ in rule.column_state),
+                                *(rows for _ in rule.row_reductions), *(columns for _ in rule.column_reductions),
+                                *(coefficients[name] for name in coefficient_names))
+    if set(finished) != set(rule.axis_state + rule.axis_values):
+        fail(f"axis_finish returns {sorted(finished)}, the per-row and per-column state and values are "
+             f"{sorted(set(rule.axis_state + rule.axis_values))}")
 
 
 def _check_tensor_stage(rule: Rule, names: list[str], fail: Callable[[str], None]) -> None:
@@ -346,6 +517,34 @@ def group_totals(rule: Rule, columns: Sequence[Any]) -> list[Any]:
     """
     return [_total(column) if name in rule.group_reductions else column
             for name, column in zip(rule.reductions, columns, strict=True)]
+
+
+def dtype_of(value: Any) -> Any:
+    """The dtype of an array or tensor (float64 for a Python number): what `Rule.for_dtype` receives."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        import numpy
+
+        dtype = numpy.asarray(value).dtype
+    return dtype
+
+
+def machine_epsilon(dtype: Any) -> float:
+    """The machine epsilon of a NumPy or torch floating dtype (`torch.finfo(dtype).eps`)."""
+    if type(dtype).__module__ == "torch":
+        import torch
+
+        return float(torch.finfo(dtype).eps)
+    import numpy
+
+    return float(numpy.finfo(dtype).eps)
+
+
+def axis_sum(term: Any, axis: int) -> Any:
+    """`term` summed over `axis`, the axis kept (a NumPy array's or a torch tensor's)."""
+    if hasattr(term, "new_tensor"):
+        return term.sum(dim=axis, keepdim=True)
+    return term.sum(axis=axis, keepdims=True)
 
 
 def _total(column: Any) -> Any:

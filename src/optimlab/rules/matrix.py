@@ -11,6 +11,10 @@ the torch function in brackets means:
     norm(x)                             the Frobenius norm ‖x‖, in x's dtype            (Tensor.norm)
     addmm(input, mat1, mat2, beta, alpha)   β·input + α·(mat1 mat2), rounded once       (torch.addmm)
     bfloat16(x)                         x rounded to bfloat16                           (Tensor.bfloat16)
+    axis_mean(x, axis)                  the mean over `axis`, the axis kept             (Tensor.mean(dim, keepdim=True))
+
+`axis_mean` is also what an `axis_finish` (stage (b), Adafactor's mean of its row factor) may call on the
+per-row and per-column tensors.
 
 `bfloat16` is the one whose meaning depends on the array library: NumPy has no bfloat16, so on NumPy arrays
 it returns `x` as it is and the stage computes in the array's own dtype (float32 or float64), where torch
@@ -63,5 +67,12 @@ def bfloat16(x):
     return x
 
 
+def axis_mean(x, axis):
+    """The mean of `x` over `axis`, the axis kept (`Tensor.mean(dim=axis, keepdim=True)`)."""
+    if _is_tensor(x):
+        return x.mean(dim=axis, keepdim=True)
+    return x.mean(axis=axis, keepdims=True)
+
+
 #: The matrix operations a tensor stage may call, besides arithmetic and the elementwise natives.
-MATRIX_NATIVE = ("matmul", "transpose", "norm", "addmm", "bfloat16")
+MATRIX_NATIVE = ("matmul", "transpose", "norm", "addmm", "bfloat16", "axis_mean")

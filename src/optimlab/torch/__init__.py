@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._extras import requires_extra
-from ..rules import REGISTRY, RULES, Rule, lookup, muon
+from ..rules import REGISTRY, RULES, Rule, adafactor, lookup, muon
 
 with requires_extra("optimlab.torch"):
     import torch
@@ -284,6 +284,36 @@ class Muon(_RuleOptimizer):
         super().add_param_group(param_group)
 
 
+class Adafactor(_RuleOptimizer):
+    """`torch.optim.Adafactor` (Shazeer & Stern 2018): the second moment of a matrix factored into per-row
+    and per-column averages of g² (`row_var` (..., R, 1), `col_var` (..., 1, C), over the last two axes), of a
+    vector kept whole (`variance`); the relative step ρ_t = min(η, 1/√t) scaled by max(ε2, RMS(θ)), the update
+    U = g/√V̂ clipped to RMS(U) ≤ d, decoupled decay θ ← θ(1 − ηλ). ε1 = None is the machine epsilon of the
+    group's first param's dtype, as torch's.
+
+    Row and column sums are the rule contract's stage (b), both RMS values stage (a): every backend runs them
+    (eager, numba, triton). State as torch's (`step`, and `row_var`/`col_var` or `variance`), so checkpoints
+    interchange both ways. `foreach` is accepted and ignored (the math is the same). Params sharded as DTensors
+    (FSDP2) are refused: a shard's column sums are partial (not built). Complex params are refused, as torch's.
+    """
+
+    torch_name = "Adafactor"
+    rule = adafactor.RULE
+    supports_complex = False
+    setstate_defaults = {"foreach": None, "differentiable": False}  # read by torch.optim's step decorator
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 1e-2, beta2_decay: float = -0.8,
+                 eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
+                 foreach: bool | None = None, maximize: bool = False, backend: str = "auto",
+                 state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d, "weight_decay": weight_decay,
+                    "foreach": foreach, "maximize": maximize, "differentiable": False,
+                    **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+
 def create(name: str, params: Params, **hyperparameters: Any) -> Optimizer:
     """An optimizer by name, e.g. `create("adamw", model.parameters(), lr=3e-4)`.
 
@@ -301,5 +331,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["LAMB", "SGD", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Muon", "NAdam", "Optimizer", "RMSprop",
-           "backends", "create"]
+__all__ = ["LAMB", "SGD", "Adafactor", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Muon", "NAdam", "Optimizer",
+           "RMSprop", "backends", "create"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import operator
 import sys
 from collections import defaultdict
@@ -51,8 +52,9 @@ _is_contiguous = torch.Tensor.is_contiguous
 class GroupStep:
     """One param group's part of a `step`: its params with gradients, its rule, and the plan they run on."""
 
-    #: the group's position in `optimizer.param_groups` (plans are kept by it)
-    index: int
+    #: the key its plan is kept by: the group's position in `optimizer.param_groups` (with the rule, where the
+    #: params' shapes choose their rules: `_parts`)
+    index: Any
     group: dict[str, Any]
     rule: Rule
     hyperparameters: dict[str, Any]
@@ -77,7 +79,7 @@ class BackendTensors(NamedTuple):
 class _Candidate(NamedTuple):
     """A group's part of a step while `prepare` checks it: the plan that fit, or None and the backend chosen."""
 
-    index: int
+    index: Any
     group: dict[str, Any]
     rule: Rule
     hyperparameters: dict[str, Any]
@@ -99,27 +101,32 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
     candidates = []
     for index, group in enumerate(optimizer.param_groups):
         params, grads, grad_bytes = params_with_grad(optimizer, group)
-        if params:
-            rule, hyperparameters = optimizer.rule_for(group)
-            if grad_bytes is None and rule.group_reductions:
-                raise RuntimeError(f"{optimizer.torch_name}: sparse gradients are not supported by the rule "
-                                   f"{rule.name!r}, whose reductions {rule.group_reductions} span the whole group")
-            plan = optimizer._plans.get(index)
-            if plan is not None and plan.fits(group, rule, hyperparameters, params, grads, grad_bytes):
+        if not params:
+            continue
+        rule, hyperparameters = optimizer.rule_for(group)
+        if grad_bytes is None and rule.group_reductions:
+            raise RuntimeError(f"{optimizer.torch_name}: sparse gradients are not supported by the rule "
+                               f"{rule.name!r}, whose reductions {rule.group_reductions} span the whole group")
+        # torch's choice (Adafactor's ε1 = None): the group's first param with a gradient resolves it for all
+        hyperparameters = rule.hyperparameters_for(hyperparameters, params[0].dtype)
+        for key, part, part_params, part_grads, part_bytes in _parts(index, rule, params, grads, grad_bytes):
+            plan = optimizer._plans.get(key)
+            if plan is not None and plan.fits(group, part, hyperparameters, part_params, part_grads, part_bytes):
                 backend, dtypes = plan.backend, plan.dtypes
             else:
                 plan = None
-                dtypes = tuple(map(_dtype_of, params))
-                _check_gradients(params, grads)
-                backend = _resolve_backend(group, rule, hyperparameters, params, dtypes)
-            candidates.append(_Candidate(index, group, rule, hyperparameters, params, grads, grad_bytes is None,
-                                         dtypes, backend, plan))
+                dtypes = tuple(map(_dtype_of, part_params))
+                _check_gradients(part_params, part_grads)
+                _check_not_sharded(optimizer, part, part_params)
+                backend = _resolve_backend(group, part, hyperparameters, part_params, dtypes)
+            candidates.append(_Candidate(key, group, part, hyperparameters, part_params, part_grads,
+                                         part_bytes is None, dtypes, backend, plan))
     state_ids = _state_ids(optimizer) if candidates else ()
     for i, each in enumerate(candidates):
         if each.plan is not None and not each.plan.state_fits(state_ids):
             candidates[i] = each = each._replace(plan=None)
         if each.plan is None:
-            _check_state(optimizer, each.params, each.rule.active_state(each.hyperparameters))
+            _check_state(optimizer, each.params, each.rule, each.rule.active_state(each.hyperparameters))
     if _has_nonfinite_gradient(candidates):
         return None
     group_steps = []
@@ -132,6 +139,20 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
         group_steps.append(GroupStep(each.index, each.group, each.rule, each.hyperparameters, each.params,
                                      each.grads, each.has_sparse, plan, created))
     return group_steps
+
+
+def _parts(index: int, rule: Rule, params: list[torch.Tensor], grads: list[torch.Tensor],
+           grad_bytes: np.ndarray | None) -> list[tuple[Any, Rule, list[torch.Tensor], list[torch.Tensor], Any]]:
+    """A group's params by the rule each one's shape chooses (`Rule.for_shape`: Adafactor's factored rule for
+    matrices): (plan key, rule, params, gradients, gradient byte counts) per part. The plan key is the group's
+    position, with the rule where shapes choose (each part has its own plan)."""
+    if rule.for_shape is None:
+        return [(index, rule, params, grads, grad_bytes)]
+    by_rule: dict[Rule, list[int]] = {}
+    for position, param in enumerate(params):
+        by_rule.setdefault(rule.rule_for_shape(tuple(param.shape)), []).append(position)
+    return [((index, part), part, [params[i] for i in members], [grads[i] for i in members],
+             None if grad_bytes is None else grad_bytes[members]) for part, members in by_rule.items()]
 
 
 def remember_state(optimizer: Optimizer, group_steps: list[GroupStep]) -> None:
@@ -195,6 +216,22 @@ def _resolve_backend(group: Mapping[str, Any], rule: Rule, hyperparameters: dict
     return resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
 
 
+def _check_not_sharded(optimizer: Optimizer, rule: Rule, params: list[torch.Tensor]) -> None:
+    """Refuse DTensor shards for rules with row and column reductions (stage (b)), before anything changes.
+
+    A Shard(0) shard of a matrix has whole rows (its row sums are complete) but part of every column: its column
+    sums, and the per-column state finished from them, would need an all-reduce over the shard group and the
+    state kept replicated, which is not built.
+    """
+    if rule.axis_reduce is None:
+        return
+    for position, param in enumerate(params):
+        if is_dtensor(param) and not all(placement.is_replicate() for placement in param.placements):
+            raise ValueError(f"{optimizer.torch_name}: param {position} of its group is a DTensor sharded as "
+                             f"{param.placements}: {rule.name}'s column sums are partial on a shard (all-reducing "
+                             f"them over the shard group is not built); shard the optimizer by whole params")
+
+
 def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
     """Raise PyTorch's error where a gradient does not fit its param: `param.grad.data = ...` bypasses the checks
     of `param.grad = ...`, and `param.data = ...` leaves the old gradient."""
@@ -210,7 +247,7 @@ def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> N
                                f"got {param.device} and {grad.device}")
 
 
-def _check_state(optimizer: Optimizer, params: list[torch.Tensor], active: tuple[str, ...]) -> None:
+def _check_state(optimizer: Optimizer, params: list[torch.Tensor], rule: Rule, active: tuple[str, ...]) -> None:
     """Raise PyTorch's error where a param's existing state does not fit it (before anything changes).
 
     A param grown through `param.data = ...` after its state exists, a state tensor replaced by one of
@@ -222,7 +259,7 @@ def _check_state(optimizer: Optimizer, params: list[torch.Tensor], active: tuple
             tensor = state.get(name)
             if not isinstance(tensor, torch.Tensor):
                 continue
-            if tensor.shape != param.shape:
+            if tuple(tensor.shape) != rule.state_shape(name, tuple(param.shape)):
                 raise RuntimeError(f"{optimizer.torch_name}: the size of param {position} of its group "
                                    f"{tuple(param.shape)} must match the size of its state {name!r} "
                                    f"{tuple(tensor.shape)}")
@@ -310,11 +347,12 @@ def _allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], gr
                 kind = (group["state_dtype"] or param.dtype, param.device)
                 by_kind.setdefault(kind, []).append((param, state))
         for (dtype, device), members in by_kind.items():
-            sizes = [param.numel() for param, _ in members]
+            shapes = [rule.state_shape(name, tuple(param.shape)) for param, _ in members]
+            sizes = [math.prod(shape) for shape in shapes]
             buffer = torch.full((sum(sizes),), rule.initial_state(name, hyperparameters), dtype=dtype,
                                 device=device)
-            for (param, state), view in zip(members, buffer.split(sizes), strict=True):
-                state[name] = view.view(param.shape)
+            for (_, state), view, shape in zip(members, buffer.split(sizes), shapes, strict=True):
+                state[name] = view.view(shape)
 
 
 def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any],
@@ -330,14 +368,19 @@ def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any
             created.append(name)
     for name in rule.active_state(hyperparameters):
         if state.get(name) is None:
-            state[name] = new_state(param, group, rule.initial_state(name, hyperparameters))
+            state[name] = new_state(param, group, rule.initial_state(name, hyperparameters),
+                                    rule.state_shape(name, tuple(param.shape)))
             created.append(name)
     return created
 
 
-def new_state(param: torch.Tensor, group: Mapping[str, Any], value: float) -> torch.Tensor:
-    """A state tensor like `param` filled with `value` (in `state_dtype` where the group sets one)."""
+def new_state(param: torch.Tensor, group: Mapping[str, Any], value: float,
+              shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A state tensor like `param` filled with `value` (in `state_dtype` where the group sets one), or of
+    `shape` where that is not the param's (per-row or per-column state: `Rule.state_shape`)."""
     state_dtype = group["state_dtype"]
+    if shape is not None and shape != tuple(param.shape):
+        return param.new_full(shape, value, dtype=state_dtype or param.dtype)
     if param.is_complex():  # (state_dtype is refused for complex params before the step)
         return torch.full_like(param, complex(value, value), memory_format=torch.preserve_format)
     return torch.full_like(param, value, dtype=state_dtype or param.dtype, memory_format=torch.preserve_format)

@@ -74,12 +74,13 @@ def check(optimizer: Optimizer, state_dict: Mapping[str, Any]) -> None:
             raise ValueError(f"Invalid state_dict: param group {index}: {error}") from error
         rule, hyperparameters = optimizer.rule_for(merged)
         for saved_id, param in zip(saved["params"], group["params"], strict=True):
-            params_by_id[saved_id] = (index, param, rule.active_state(hyperparameters), rule.state_names,
-                                      rule.scalar_state)
+            part = rule.rule_for_shape(tuple(param.shape))  # (Adafactor: factored state for matrices)
+            params_by_id[saved_id] = (index, param, part.active_state(hyperparameters), part,
+                                      part.scalar_state)
     for saved_id, param_state in saved_state.items():
         if saved_id not in params_by_id:
             raise ValueError(f"Invalid state_dict: state for param {saved_id!r}, which no param group holds")
-        index, param, active, state_names, scalars = params_by_id[saved_id]
+        index, param, active, part, scalars = params_by_id[saved_id]
         where = f"state of param {saved_id!r} (group {index})"
         if not isinstance(param_state, Mapping):
             raise ValueError(f"Invalid state_dict: {where} is a {type(param_state).__name__}, not a mapping")
@@ -92,8 +93,8 @@ def check(optimizer: Optimizer, state_dict: Mapping[str, Any]) -> None:
             # other keys are kept as they are, as `torch.optim` keeps them: no step reads them
             if key in scalars:
                 _check_scalar_state(where, key, value)
-            elif key == "step" or key in state_names:
-                _check_state_value(where, key, value, param)
+            elif key == "step" or key in part.state_names or key in part.axis_state:
+                _check_state_value(where, key, value, param, part.state_shape(key, tuple(param.shape)))
 
 
 def _check_scalar_state(where: str, key: str, value: Any) -> None:
@@ -103,7 +104,7 @@ def _check_scalar_state(where: str, key: str, value: Any) -> None:
         raise ValueError(f"Invalid state_dict: {where}: {key} must be a finite number, got {value!r}")
 
 
-def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) -> None:
+def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor, shape: tuple[int, ...]) -> None:
     """Refuse, at load time, a `step` or rule state value that a step could not use.
 
     A `step` tensor keeps its dtype, as in `torch.optim` (an int64 one is advanced in int64); a sparse or
@@ -120,9 +121,10 @@ def _check_state_value(where: str, key: str, value: Any, param: torch.Tensor) ->
         return
     if not torch.is_tensor(value):
         raise ValueError(f"Invalid state_dict: {where}: {key} must be a tensor, got {type(value).__name__}")
-    if value.shape != param.shape:
+    if tuple(value.shape) != shape:
+        expected = "the param" if shape == tuple(param.shape) else f"expected {shape} for the param"
         raise ValueError(f"Invalid state_dict: {where}: {key} has shape {tuple(value.shape)}, "
-                         f"the param {tuple(param.shape)}")
+                         f"{expected} {tuple(param.shape)}")
     kind_ok = value.is_complex() if param.is_complex() else value.is_floating_point()
     if not kind_ok:
         raise ValueError(f"Invalid state_dict: {where}: {key} has dtype {value.dtype}, the param {param.dtype}")
