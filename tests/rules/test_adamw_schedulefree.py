@@ -3,11 +3,11 @@
 
 import numpy as np
 import pytest
+from tests.rules import schedulefree_reference as reference
 
 import optimlab.numpy as onp
 from optimlab.lab.sweep import descend
 from optimlab.rules import RULES
-from tests.rules import schedulefree_reference as reference
 
 RULE = RULES["adamw_schedulefree"]
 STEPS = 30
@@ -110,7 +110,8 @@ def test_lab_sweep_over_lr_equals_one_reference_per_config():
         np.testing.assert_allclose(batch.path[-1, index], point[0], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("bad, message", [({"warmup_steps": -1}, "warmup_steps"), ({"warmup_steps": 1.5}, "warmup_steps"),
+@pytest.mark.parametrize("bad, message", [({"warmup_steps": -1}, "warmup_steps"),
+                                          ({"warmup_steps": 1.5}, "warmup_steps"),
                                           ({"r": -1.0}, "r"), ({"inner_momentum": 1.0}, "inner_momentum"),
                                           ({"weight_lr_power": float("nan")}, "weight_lr_power")])
 def test_invalid_hyperparameters_are_refused_by_name(bad, message):
