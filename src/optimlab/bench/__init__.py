@@ -4,8 +4,8 @@ The cases are the registry's (`optimlab.rules.REGISTRY`: every registered optimi
 1e-3) and a few configurations of them (`CONFIGURATIONS`); each is raced against its reference
 (`references.REFERENCES`: torch.optim's class where torch has one, the `lion-pytorch` package for Lion, the
 `schedulefree` package for Schedule-Free AdamW, a foreach LAMB written from the paper). Optimizers with a
-train mode (Schedule-Free) are put in it before they step. Every contender of a case updates the same params from the same
-grads: ours as the backend call the PyTorch front end makes per param group ("optimlab": the kernel plus
+train mode (Schedule-Free) are put in it before they step. Every contender of a case updates the same params
+from the same grads: ours as the backend call the PyTorch front end makes per param group ("optimlab": the kernel plus
 the backend's per-step host work), ours through the drop-in `optimlab.torch` class (what a user gets,
 front-end bookkeeping included), and the reference's forloop/foreach/fused implementations where they
 exist on the device. Repetitions go round-robin (ours, forloop, foreach, fused, ours, …, the starting
