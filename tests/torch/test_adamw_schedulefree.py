@@ -192,3 +192,16 @@ def test_a_state_dict_with_invalid_group_state_is_refused_and_changes_nothing(ba
     with pytest.raises(ValueError, match=message):
         optimizer.load_state_dict(state_dict)
     assert optimizer.param_groups[0]["k"] == 0 and optimizer.param_groups[0]["train_mode"] is False
+
+
+def test_a_tensor_lr_steps_as_the_package_and_its_state_dict_loads_back():
+    """With `lr=torch.tensor(...)` the group state becomes tensors (the package's too); its checkpoints load."""
+    runs = []
+    for cls, extra in ((schedulefree.AdamWScheduleFree, {}), (optimlab.torch.AdamWScheduleFree, {"backend": "eager"})):
+        params, grads = _problem(torch.float64, steps=3)
+        runs.append(_run(cls, params, grads, lr=torch.tensor(0.01, dtype=torch.float64), **extra))
+    (want_optimizer, want), (optimizer, actual) = runs
+    for param, expected in zip(actual, want, strict=True):
+        torch.testing.assert_close(param, expected, rtol=1e-12, atol=1e-14)
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert torch.is_tensor(optimizer.param_groups[0]["weight_sum"])

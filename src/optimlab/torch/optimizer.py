@@ -111,7 +111,9 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid skip_nonfinite: {group['skip_nonfinite']!r} (expected True or False)")
         for name in rule.group_state:  # (a state dict's values, or a group's given to add_param_group)
             value = group.get(name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            # a one-element tensor too: with `lr=torch.tensor(...)` the group state is tensors, as the reference's
+            number = value.item() if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex() else value
+            if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
                 raise ValueError(f"Invalid {name}: {value!r} (group state: expected a finite number)")
 
     # --- the step ------------------------------------------------------------------------------------
