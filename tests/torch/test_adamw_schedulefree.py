@@ -205,3 +205,24 @@ def test_a_tensor_lr_steps_as_the_package_and_its_state_dict_loads_back():
         torch.testing.assert_close(param, expected, rtol=1e-12, atol=1e-14)
     optimizer.load_state_dict(optimizer.state_dict())
     assert torch.is_tensor(optimizer.param_groups[0]["weight_sum"])
+
+
+def test_a_group_without_gradients_advances_its_state_as_the_package_does(backend):
+    """The package advances every group's k, W and γ_max each step, also one none of whose params has a gradient."""
+    runs = []
+    for cls, extra in ((schedulefree.AdamWScheduleFree, {}), (optimlab.torch.AdamWScheduleFree, {"backend": backend})):
+        params, grads = _problem(torch.float64, steps=6)
+        params = [param.clone().requires_grad_() for param in params]
+        optimizer = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], warmup_steps=4, **extra)
+        optimizer.train()
+        for step, step_grads in enumerate(grads):
+            for index, (param, grad) in enumerate(zip(params, step_grads, strict=True)):
+                param.grad = grad.clone() if index < 2 or step >= 3 else None  # group 1 idle for 3 steps
+            optimizer.step()
+        runs.append((optimizer, params))
+    (want_optimizer, want), (optimizer, actual) = runs
+    for param, expected in zip(actual, want, strict=True):
+        torch.testing.assert_close(param, expected, rtol=1e-12, atol=1e-14)
+    keys = ("k", "weight_sum", "lr_max", "scheduled_lr")
+    assert [{key: group[key] for key in keys} for group in optimizer.param_groups] \
+        == [{key: group[key] for key in keys} for group in want_optimizer.param_groups]

@@ -149,7 +149,19 @@ class Optimizer(torch.optim.Optimizer):
                     self._drop_created_state(later)
                 raise
         _plans.remember_state(self, group_steps)
+        self._advance_idle_groups({each.index for each in group_steps})
         return loss
+
+    def _advance_idle_groups(self, stepped: set[int]) -> None:
+        """Advance the group state of the groups none of whose params had a gradient: a group's state counts the
+        optimizer's steps, as Schedule-Free's reference advances `k`, `weight_sum` and `lr_max` of every group."""
+        if len(stepped) == len(self.param_groups):
+            return
+        for index, group in enumerate(self.param_groups):
+            if index not in stepped:
+                rule, hyperparameters = self.rule_for(group)
+                if rule.group_state:
+                    group.update(rule.advance_group_state(group, hyperparameters))
 
     def _update_group(self, group_step: GroupStep, grad_scale: Any) -> None:
         """Run the group's update on its plan's backend, then advance the group's step counters.
