@@ -71,6 +71,11 @@ def test_step_group_refuses_a_missing_group_state():
         RULE.step_group([np.ones(1)], [np.ones(1)], [{"z": np.ones(1), "exp_avg_sq": np.zeros(1)}], [1], hyper)
 
 
+def test_step_refuses_a_state_without_the_group_state():
+    with pytest.raises(ValueError, match=r"group state \['k', 'weight_sum', 'lr_max', 'scheduled_lr'\]"):
+        RULE.step(np.ones(1), np.ones(1), {"z": np.ones(1), "exp_avg_sq": np.zeros(1)}, 1, RULE.defaults())
+
+
 def test_lr_zero_takes_the_reference_zero_division_branch():
     """W_k = 0 (lr 0, weight γ_max^2 = 0): c = 0, and nothing moves."""
     group, expected, _ = run_reference({"lr": 0.0}, [np.array([1.0, -2.0])], gradients(1, [(2,)], 3))

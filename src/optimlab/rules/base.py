@@ -140,6 +140,10 @@ class Rule:
         the group state (`group_state`), and `new_state` its advanced values. A tensor stage takes the whole
         of `param` (no `tensor_axes`).
         """
+        missing = [name for name in self.group_state if name not in state]
+        if missing:
+            raise ValueError(f"{self.name}: state lacks the group state {missing} (a param is its own group here: "
+                             f"start it from initial_group_state)")
         group_state = {name: state[name] for name in self.group_state}
         ((new_param, new_state),) = self.step_group([param], [grad], [state], [step], hyperparameters, tensor_axes,
                                                     group_state=group_state)
