@@ -115,6 +115,18 @@ def test_lab_sweep_over_lr_equals_one_reference_per_config():
         np.testing.assert_allclose(batch.path[-1, index], point[0], rtol=1e-12, atol=1e-15)
 
 
+def test_a_whole_warmup_count_given_as_a_float_is_the_count():
+    """JSON (the playground's API) sends 3 as 3.0: the same steps as 3."""
+    grads = gradients(3, [(2,)], 6)
+    results = []
+    for warmup_steps in (3, 3.0):
+        optimizer, param = onp.AdamWScheduleFree(lr=0.1, warmup_steps=warmup_steps), np.array([1.0, -1.0])
+        for (grad,) in grads:
+            optimizer.update([param], [grad])
+        results.append(param)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 @pytest.mark.parametrize("bad, message", [({"warmup_steps": -1}, "warmup_steps"),
                                           ({"warmup_steps": 1.5}, "warmup_steps"),
                                           ({"r": -1.0}, "r"), ({"inner_momentum": 1.0}, "inner_momentum"),

@@ -21,7 +21,6 @@ reference's order.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from .base import Rule, any_nonzero, check_betas, check_nonnegative, check_unit_interval
@@ -81,8 +80,9 @@ def validate(hyper) -> None:
         check_nonnegative(name, hyper[name])
     check_betas("betas", hyper["betas"])
     check_unit_interval("inner_momentum", hyper["inner_momentum"])
-    warmup_steps = hyper["warmup_steps"]
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
+    warmup_steps = hyper["warmup_steps"]  # (3.0 too, as JSON sends it; the reference's ramp is for whole counts)
+    check_nonnegative("warmup_steps", warmup_steps)
+    if not float(warmup_steps).is_integer():
         raise ValueError(f"Invalid warmup_steps: {warmup_steps!r} (must be a whole number >= 0)")
 
 
