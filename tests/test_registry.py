@@ -44,6 +44,8 @@ def test_torch(name):
     assert entry.torch_class in optimlab.torch.__all__
     rule, _ = optimizer.rule_for(optimizer.param_groups[0])
     assert rule is entry.rule or name == "sgd"  # SGD runs the momentum rule only with momentum
+    if hasattr(optimizer, "train"):  # a train mode to step in (Schedule-Free)
+        optimizer.train()
     param.grad = torch.tensor([1.0, -2.0, 0.5])
     optimizer.step()
     assert not torch.equal(param.detach(), torch.ones(3))

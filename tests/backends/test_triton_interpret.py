@@ -237,6 +237,13 @@ def test_tensor_coefficients_compile_for_a_gpu(name):
 
 
 @pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
+def test_a_rule_with_group_state_compiles_for_a_gpu():
+    """`ptx` takes the first step's coefficients with the group state advanced once (Schedule-Free's c)."""
+    rule = OPTIMIZERS["adamw_schedulefree"][0]
+    assert "ld.global.v4.b32" in triton_gpu.ptx(rule, rule.defaults(weight_decay=0.1))
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton's NVIDIA backend is not installed")
 def test_tails_vectorize_when_every_size_is_a_multiple_of_four():
     """10,000 tensors of 1,000: every chunk is a tail, and still loads 128 bits at a time."""
     rule, _ = OPTIMIZERS["adam"]

@@ -78,7 +78,7 @@ def test_named_cases_run_in_a_quick_run_too():
 
 def test_the_optimizers_beyond_torch_optim_run_against_their_references():
     result = CliRunner().invoke(app, ["bench", "--quick", "--json", "-o", "nadam", "-o", "lion", "-o", "lamb",
-                                      "-w", "many"])
+                                      "-o", "adamw_schedulefree", "-w", "many"])
     assert result.exit_code == 0, result.output
     rows = {row["case"]: row for row in json.loads(result.stdout)["results"]}
     assert rows["nadam"]["reference"] == "torch.optim.NAdam" and "fused" not in rows["nadam"]["median_ms"]
@@ -86,6 +86,8 @@ def test_the_optimizers_beyond_torch_optim_run_against_their_references():
     assert {"forloop", "foreach"} <= set(rows["lion"]["median_ms"])
     assert rows["lamb"]["reference"].startswith("optimlab.bench.references.ForeachLAMB")
     assert set(rows["lamb"]["median_ms"]) == {"optimlab", "optimlab.torch", "foreach"}
+    assert rows["adamw_schedulefree"]["reference"].startswith("schedulefree ")  # (put in train mode to step)
+    assert {"forloop", "foreach"} <= set(rows["adamw_schedulefree"]["median_ms"])
     for row in rows.values():
         assert row["speedup"] == pytest.approx(row["median_ms"][row["best_reference"]] / row["median_ms"]["optimlab"])
         assert row["state_bytes"]["optimlab"] == row["state_bytes"][row["best_reference"]]  # both fp32 state

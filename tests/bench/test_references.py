@@ -5,7 +5,7 @@ import torch
 
 import optimlab.torch as optimlab_torch
 from optimlab.bench import CASES, CONFIGURATIONS, reference_optimizer
-from optimlab.bench.references import REFERENCES, VARIANTS, ForeachLAMB
+from optimlab.bench.references import REFERENCES, VARIANTS, ForeachLAMB, in_train_mode
 from optimlab.rules import REGISTRY
 
 
@@ -42,8 +42,8 @@ def test_each_reference_variant_takes_the_drop_in_class_s_steps(name):
     """The race compares like with like: same arguments, same math (float64, eager backend, 3 steps)."""
     case = CASES[name]
     params, generator = _params()
-    expected = _steps(optimlab_torch.create(case.optimizer, params, **case.arguments, backend="eager"), params,
-                      generator)
+    expected = _steps(in_train_mode(optimlab_torch.create(case.optimizer, params, **case.arguments, backend="eager")),
+                      params, generator)
     variants = 0
     for variant in VARIANTS:
         params, generator = _params()

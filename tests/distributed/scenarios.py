@@ -8,6 +8,8 @@ on a given backend — under the same parallelism, and asserts the results agree
   Adagrad, RMSprop, Adam, AdamW);
 * `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
   tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
+* `fsdp2_schedulefree_*`: Schedule-Free AdamW on `fully_shard`-ed params (z sharded with them, uneven shards,
+  an empty one) against the `schedulefree` package on the whole tensors under DDP, in train and eval mode;
 * `fsdp2_clipped_*`: SGD with momentum after clipping by the global gradient norm (a rule from outside the
   package with a group reduction, `clipped_momentum.py`) on `fully_shard`-ed params against
   `clip_grad_norm_` and `torch.optim.SGD` on the whole tensors under DDP: every shard clips by the norm of
@@ -175,6 +177,44 @@ def fsdp2_lamb(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
                          "LAMB params trained on FSDP2 shards against the whole tensors under DDP", backend)
 
 
+def fsdp2_schedulefree(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    """Schedule-Free AdamW on FSDP2 shards (z sharded like its param: uneven shards, an empty one) against the
+    `schedulefree` package on the whole tensors under DDP: y while training, x after `eval()`, y again after
+    `train()`, and the group state (host scalars, the same in every rank)."""
+    import schedulefree
+
+    import optimlab.torch
+
+    settings = {"lr": 0.02, "betas": (0.8, 0.99), "weight_decay": 0.1, "warmup_steps": 2}
+
+    def run(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[dict[str, torch.Tensor]]:
+        optimizer.train()
+        train(model, optimizer, rank, range(STEPS))
+        points = []
+        for mode in ("eval", "train"):
+            getattr(optimizer, mode)()
+            points.append({name: full(param) for name, param in model.named_parameters()})
+        return points
+
+    def full(tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
+
+    model = sharded_model(world_size)
+    ours = optimlab.torch.AdamWScheduleFree(model.parameters(), backend=backend, **settings)
+    sharded = run(model, ours)
+    assert all(isinstance(ours.state[param]["z"], DTensor) and ours.state[param]["z"].placements == param.placements
+               for param in model.parameters())
+    whole = tiny_model()
+    wrapped = DistributedDataParallel(whole)
+    reference = schedulefree.AdamWScheduleFree(wrapped.parameters(), **settings)
+    expected = run(wrapped, reference)
+    for what, actual, want in zip(("x after eval()", "y after train()"), sharded, expected, strict=True):
+        assert_matches_torch(actual, {name.removeprefix("module."): value for name, value in want.items()},
+                             f"Schedule-Free AdamW {what} on FSDP2 shards against schedulefree under DDP", backend)
+    keys = ("k", "weight_sum", "lr_max", "scheduled_lr", "train_mode")
+    assert {key: ours.param_groups[0][key] for key in keys} == {key: reference.param_groups[0][key] for key in keys}
+
+
 def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
     """The last layer's bias (one element: rank 1's shard is empty) gets no gradient in the first step, so from
     the second on its momentum is a step behind: two backend calls in one group, one norm over both."""
@@ -304,5 +344,6 @@ for _backend in BACKENDS:
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
     globals()[f"fsdp2_lamb_{_backend}"] = functools.partial(fsdp2_lamb, backend=_backend)
     globals()[f"fsdp2_clipped_{_backend}"] = functools.partial(fsdp2_clipped, backend=_backend)
+    globals()[f"fsdp2_schedulefree_{_backend}"] = functools.partial(fsdp2_schedulefree, backend=_backend)
     globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)
     globals()[f"dcp_resume_{_backend}"] = functools.partial(dcp_resume, backend=_backend)

@@ -48,6 +48,10 @@ def test_a_rule_that_keeps_the_contract_constructs():
      r"names among the reductions \(\)"),
     ({"validate": lambda hyper: (_ for _ in ()).throw(ValueError("Invalid lr: 0.1"))},
      "default hyperparameters are invalid"),
+    ({"group_state": ("k",)}, "group_state and group_update come together"),
+    ({"group_state": ("lr",), "group_update": lambda group, hyper: {"lr": 1.0}}, r"group state \['lr'\] shares"),
+    ({"group_state": ("k",), "group_update": lambda group, hyper: {"count": 1}}, "group_update returns"),
+    ({"state_from_param": ("z",)}, r"state_from_param names \['z'\]"),
 ])
 def test_a_rule_that_breaks_the_contract_is_refused_with_the_reason(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -208,3 +212,22 @@ def test_a_rule_choosing_by_shape_cannot_have_group_reductions_and_refuses_a_vec
     assert chooser.rule_for_shape((2, 3)) is factored
     with pytest.raises(ValueError, match=r"keeps state per row and column, which a param of shape \(3,\)"):
         _rule(for_shape=lambda shape: FACTORED).rule_for_shape((3,))
+
+
+def test_group_state_reaches_coefficients_once_per_group_and_step():
+    """A rule outside the package with group state: a counter every param's coefficients see, advanced once."""
+    def update(param, grad, lr, count):
+        return (param - lr * count * grad,)
+
+    rule = Rule(name="counted", update=update,
+                coefficients=lambda step, *, lr, count: {"lr": lr, "count": count},
+                hyperparameters={"lr": 0.1}, state_names=(), active_state=lambda hyper: (),
+                validate=lambda hyper: None, trace=lambda *arguments: {}, initial_state=lambda name, hyper: 0,
+                group_state=("count",), group_update=lambda group, hyper: {"count": group["count"] + 1})
+    hyper, group = rule.defaults(), {"count": 0}
+    for _ in range(2):
+        results = rule.step_group([np.ones(2), np.ones(1)], [np.ones(2), np.ones(1)], [{}, {}], [1, 1], hyper,
+                                  group_state=group)
+        group = {"count": results[0][1]["count"]}
+    assert group == {"count": 2}
+    np.testing.assert_allclose(results[1][0], 1 - 0.1 * 2)

@@ -19,6 +19,7 @@ CONFIGS = {
     "adamw": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.4, 0.9)},
     "lion": {"lr": 0.1, "weight_decay": 0.1, "betas": (0.8, 0.95)},
     "nadam": {"lr": 0.1, "weight_decay": 0.1, "momentum_decay": 0.01},
+    "adamw_schedulefree": {"lr": 0.1, "weight_decay": 0.1, "warmup_steps": 3, "r": 0.5, "inner_momentum": 0.5},
 }
 
 
@@ -26,9 +27,10 @@ def _run(name, values, convert):
     rule, overrides = OPTIMIZERS[name]
     hyper = rule.defaults(**{**overrides, **CONFIGS[name]})
     params = [convert(value) for value in values[0]]
-    states = [{state: convert(rule.initial_state(state, hyper)) for state in (*rule.active_state(hyper),
-                                                                              *rule.scalar_state)}
-              for _ in params]
+    states = [{**{state: convert(value if state in rule.state_from_param else rule.initial_state(state, hyper))
+                  for state in (*rule.active_state(hyper), *rule.scalar_state)},
+               **rule.initial_group_state(hyper)}  # each param its own group (`Rule.step`)
+              for value in values[0]]
     for t, grads in enumerate(values[1:], start=1):
         for index, grad in enumerate(grads):
             params[index], states[index] = rule.step(params[index], convert(grad), states[index], t, hyper)
@@ -54,8 +56,7 @@ def test_update_signature_names_state_then_coefficients(rule):
     assert parameters[:2] == ["param", "grad"]
     assert tuple(parameters[2:2 + len(rule.state_names)]) == rule.state_names
     hyper = rule.defaults()
-    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
-    coefficients = rule.coefficients(1, **hyper, **scalars)
+    coefficients = rule.coefficients_at(1, hyper)
     assert set(rule.coefficient_names) == set(coefficients)
 
 
@@ -72,14 +73,14 @@ def test_specialize_runs_the_rules_own_code(rule):
     specialized = rule.specialize(native)
     assert specialized.__code__ is rule.update.__code__
     hyper = rule.defaults()
-    scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(hyper), hyper)
-    coefficients = rule.coefficients(1, **hyper, **scalars)
+    coefficients = rule.coefficients_at(1, hyper)
     per_tensor = rule.finish(*(1.0 for _ in rule.reductions)) if rule.reductions else {}
     arguments = [1.0, 0.5] + [rule.initial_state(name, hyper) for name in rule.state_names] \
         + [coefficients[name] for name in rule.coefficient_names] \
         + [per_tensor[name] for name in rule.tensor_coefficients]
     assert specialized(*arguments) == rule.update(*arguments)
-    assert bool(calls) == (rule.name in ("adagrad", "rmsprop", "adam", "nadam", "lamb"))  # the rules with a root
+    rooted = ("adagrad", "rmsprop", "adam", "nadam", "lamb", "adamw_schedulefree")  # the rules with a root
+    assert bool(calls) == (rule.name in rooted)
 
 
 def test_specialize_requires_every_native():

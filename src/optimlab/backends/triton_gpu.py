@@ -660,8 +660,7 @@ def ptx(rule: Rule, hyperparameters: Mapping[str, Any], *, dtype: str = "float32
 
     hyperparameters = rule.hyperparameters_for(hyperparameters, getattr(torch, dtype))
     active = tuple(name for name in rule.active_state(hyperparameters) if name not in rule.axis_state)
-    scalars = rule.advance_scalar_state(step, rule.initial_scalar_state(hyperparameters), hyperparameters)
-    coefficients = rule.coefficients(step, **hyperparameters, **scalars)
+    coefficients = rule.coefficients_at(step, hyperparameters)
     kinds = {name: _coefficient(coefficients[name], flag=name in rule.flags)[0] for name in rule.coefficient_names}
     kinds[GRAD_SCALE] = "none"
     dtypes = (_tl_dtype(dtype),) * 2 + (_tl_dtype(state_dtype or dtype),) * len(active)

@@ -2,9 +2,10 @@
 
 The cases are the registry's (`optimlab.rules.REGISTRY`: every registered optimizer at its defaults, lr
 1e-3) and a few configurations of them (`CONFIGURATIONS`); each is raced against its reference
-(`references.REFERENCES`: torch.optim's class where torch has one, the `lion-pytorch` package for Lion, a
-foreach LAMB written from the paper). Every contender of a case updates the same params from the same
-grads: ours as the backend call the PyTorch front end makes per param group ("optimlab": the kernel plus
+(`references.REFERENCES`: torch.optim's class where torch has one, the `lion-pytorch` package for Lion, the
+`schedulefree` package for Schedule-Free AdamW, a foreach LAMB written from the paper). Optimizers with a
+train mode (Schedule-Free) are put in it before they step. Every contender of a case updates the same params
+from the same grads: ours as the backend call the PyTorch front end makes per param group ("optimlab": the kernel plus
 the backend's per-step host work), ours through the drop-in `optimlab.torch` class (what a user gets,
 front-end bookkeeping included), and the reference's forloop/foreach/fused implementations where they
 exist on the device. Repetitions go round-robin (ours, forloop, foreach, fused, ours, …, the starting
@@ -33,7 +34,7 @@ with requires_extra("optimlab.bench"):
 
 from ..backends import BACKENDS
 from ..rules import REGISTRY, Rule
-from .references import NO_REFERENCE, REFERENCES, VARIANTS, Reference
+from .references import NO_REFERENCE, REFERENCES, VARIANTS, Reference, in_train_mode
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,7 @@ class OursRunner:
         load_optional_backends()
         self.rule, self.hyperparameters = case.rule()
         self.params = list(params)
-        self.states = [[torch.full_like(param, self.rule.initial_state(name, self.hyperparameters),
-                                        dtype=case.state_dtype or param.dtype)
+        self.states = [[self._initial(name, param, case.state_dtype or param.dtype)
                         for name in self.rule.active_state(self.hyperparameters)] for param in self.params]
         self.backend = BACKENDS[backend]
         # The tensors are this runner's and never move: the backend's prepared tables stay valid (see
@@ -263,6 +263,14 @@ class OursRunner:
         self.count = 0
         # per-param scalar state (NAdam's Π_t): the same for every param, which all step together
         self.scalar_state = self.rule.initial_scalar_state(self.hyperparameters)
+        # the group state (Schedule-Free's k, W, γ_max): the params are one group
+        self.group_state = self.rule.initial_group_state(self.hyperparameters)
+
+    def _initial(self, name: str, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """State `name` before the first step: a copy of the param (`state_from_param`) or a constant."""
+        if name in self.rule.state_from_param:
+            return param.detach().to(dtype=dtype, copy=True)
+        return torch.full_like(param, self.rule.initial_state(name, self.hyperparameters), dtype=dtype)
 
     def state_bytes(self) -> int:
         return sum(tensor.numel() * tensor.element_size() for state in self.states for tensor in state)
@@ -270,7 +278,9 @@ class OursRunner:
     def step(self) -> None:
         self.count += 1
         self.scalar_state = self.rule.advance_scalar_state(self.count, self.scalar_state, self.hyperparameters)
-        coefficients = self.rule.coefficients(self.count, **self.hyperparameters, **self.scalar_state)
+        self.group_state = self.rule.advance_group_state(self.group_state, self.hyperparameters)
+        coefficients = self.rule.coefficients(self.count, **self.hyperparameters, **self.scalar_state,
+                                              **self.group_state)
         grads = [param.grad for param in self.params]
         if self.prepared is not None:
             self.prepared.step(coefficients, grads)
@@ -287,18 +297,18 @@ def reference_optimizer(case: Case, params: Sequence[torch.Tensor], variant: str
     probe = torch.zeros(2, device=params[0].device, requires_grad=True)
     probe.grad = torch.ones_like(probe)
     try:
-        make([probe], **case.arguments).step()
+        in_train_mode(make([probe], **case.arguments)).step()
     except (TypeError, RuntimeError, ValueError):
         return None
-    return make(params, **case.arguments)
+    return in_train_mode(make(params, **case.arguments))
 
 
 def front_end_optimizer(case: Case, params: Sequence[torch.Tensor], backend: str) -> torch.optim.Optimizer:
     """The drop-in `optimlab.torch` class on `backend` (`optimlab.torch.create`: the registry's class)."""
     import optimlab.torch as optimlab_torch
 
-    return optimlab_torch.create(case.optimizer, params, **case.arguments, backend=backend,
-                                 state_dtype=case.state_dtype)
+    return in_train_mode(optimlab_torch.create(case.optimizer, params, **case.arguments, backend=backend,
+                                               state_dtype=case.state_dtype))
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -5,6 +5,9 @@
 * Lion: the `lion-pytorch` package (a dev dependency, the reference its equivalence tests use), its `Lion`
   (a loop over params: "forloop") and `lion_pytorch.foreach.Lion` ("foreach"); none where it is not
   installed;
+* Schedule-Free AdamW: the `schedulefree` package (a dev dependency, as for its equivalence tests), its
+  `AdamWScheduleFree` with `foreach=False` ("forloop") and `foreach=True` ("foreach"), each put in train
+  mode (`in_train_mode`) as the drop-in class is; none where it is not installed;
 * LAMB: torch.optim has no LAMB, nor has any installed package for the CPU. `ForeachLAMB` is written here
   from the paper in torch's own multi-tensor style — one `torch._foreach_*` call per operation over all of
   a group's tensors, as `torch.optim.Adam(foreach=True)` is written, the two norms by `torch._foreach_norm`
@@ -79,6 +82,30 @@ def lion_pytorch() -> Reference:
                      MappingProxyType({"forloop": forloop, "foreach": foreach}))
 
 
+def schedulefree_package() -> Reference:
+    """The `schedulefree` package's `AdamWScheduleFree`, per param and foreach; `NO_REFERENCE` without it."""
+    if importlib.util.find_spec("schedulefree") is None:
+        return Reference("none (schedulefree is not installed)", MappingProxyType({}))
+
+    def variant(foreach: bool) -> Callable[..., torch.optim.Optimizer]:
+        def make(params: Iterable[torch.Tensor], **arguments: Any) -> torch.optim.Optimizer:
+            from schedulefree import AdamWScheduleFree
+
+            return AdamWScheduleFree(params, **arguments, foreach=foreach)
+        return make
+
+    return Reference(f"schedulefree {importlib.metadata.version('schedulefree')} (AdamWScheduleFree)",
+                     MappingProxyType({"forloop": variant(False), "foreach": variant(True)}))
+
+
+def in_train_mode(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`optimizer`, ready to step: those with a train mode (Schedule-Free's `train()`/`eval()`) put in it."""
+    train = getattr(optimizer, "train", None)
+    if callable(train):
+        train()
+    return optimizer
+
+
 class ForeachLAMB(torch.optim.Optimizer):
     """LAMB (You et al. 2020) as optax formulates it and `optimlab.rules.lamb` does, in torch's foreach style.
 
@@ -143,8 +170,10 @@ REFERENCES: Mapping[str, Reference] = MappingProxyType({
     "adamw": torch_optim("AdamW"),
     "nadam": torch_optim("NAdam"),
     "lion": lion_pytorch(),
+    "adamw_schedulefree": schedulefree_package(),
     "lamb": Reference("optimlab.bench.references.ForeachLAMB (from the paper; torch.optim has no LAMB)",
                       MappingProxyType({"foreach": ForeachLAMB})),
 })
 
-__all__ = ["NO_REFERENCE", "REFERENCES", "VARIANTS", "ForeachLAMB", "Reference", "lion_pytorch", "torch_optim"]
+__all__ = ["NO_REFERENCE", "REFERENCES", "VARIANTS", "ForeachLAMB", "Reference", "in_train_mode", "lion_pytorch",
+           "schedulefree_package", "torch_optim"]

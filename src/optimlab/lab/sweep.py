@@ -173,9 +173,10 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
     trace: dict[str, np.ndarray] = {}
     # a diverging lr is a result of the sweep, not an error
     with np.errstate(all="ignore"), _no_branching_on(rule, varied):
-        state = {name: np.broadcast_to(rule.initial_state(name, columns), point.shape).astype(np.float64)
+        state = {name: np.broadcast_to(rule.initial_tensor(name, point, columns), point.shape).astype(np.float64)
                  for name in rule.active_state(columns)}
         state.update({name: rule.initial_state(name, columns) for name in rule.scalar_state})
+        state.update(rule.initial_group_state(columns))  # the configs are one group each, stepping together
         for t in range(1, steps + 1):
             grad = gradient(t, point)
             point, state = rule.step(point, grad, state, t, columns, tensor_axes=(-1,))  # a config is a tensor

@@ -36,6 +36,8 @@ class Optimizer:
         settings = {**overrides, **hyperparameters, "lr": self.default_lr if lr is None else lr}
         self.hyperparameters: dict[str, Any] = rule.defaults(**settings)
         self.state: dict[Any, dict[str, Any]] = {}
+        #: group-level state (Schedule-Free's `k`, `weight_sum`, ...): the arrays of every call are one group
+        self.group_state: dict[str, Any] = rule.initial_group_state(self.hyperparameters)
 
     def update(self, params: Mapping[Any, np.ndarray] | Sequence[np.ndarray],
                grads: Mapping[Any, np.ndarray] | Sequence[np.ndarray]) -> None:
@@ -47,12 +49,14 @@ class Optimizer:
         steps = [state["step"] + 1 for state in states]
         results = self.rule.step_group([param for _, param, _ in items], [grad for _, _, grad in items],
                                        [{name: state[name] for name in names} for state in states], steps,
-                                       self.hyperparameters)
+                                       self.hyperparameters, group_state=self.group_state)
         for (key, param, _), state, step, (new_param, new_state) in zip(items, states, steps, results, strict=True):
             self.state[key] = state
             param[...] = new_param
             for name, value in new_state.items():
-                if name in self.rule.scalar_state:  # per-array scalars (NAdam's mu_product): Python floats
+                if name in self.rule.group_state:
+                    self.group_state[name] = value
+                elif name in self.rule.scalar_state:  # per-array scalars (NAdam's mu_product): Python floats
                     state[name] = value
                 else:
                     state[name][...] = value
@@ -61,7 +65,7 @@ class Optimizer:
     def _initial_state(self, param: np.ndarray) -> dict[str, Any]:
         state: dict[str, Any] = {"step": 0}
         for name in self.rule.active_state(self.hyperparameters):
-            state[name] = np.full_like(param, self.rule.initial_state(name, self.hyperparameters))
+            state[name] = self.rule.initial_tensor(name, param, self.hyperparameters)
         for name in self.rule.scalar_state:
             state[name] = float(self.rule.initial_state(name, self.hyperparameters))
         return state

@@ -39,6 +39,12 @@ breaks it fails at import with the reason, not later inside a kernel:
 * per-param scalar state (stage (d): NAdam's `mu_product`, kept in state dicts as a 0-dim tensor like
   `step`) is named in `scalar_state`; `scalar_update(step, scalar_state, hyperparameters)` advances it once
   per step and param on the host, and `coefficients` receives the advanced values as keyword arguments;
+* group-level state (stage (e): Schedule-Free AdamW's `k`, `weight_sum`, `lr_max`, `scheduled_lr`, kept by
+  torch in the param-group dicts) is named in `group_state`; `group_update(group_state, hyperparameters)`
+  advances it once per step and param group on the host (the group counts its own steps), and
+  `coefficients` receives the advanced values as keyword arguments, the same for every param of the group;
+* state that starts as a copy of the param instead of a constant (Schedule-Free's `z`) is named in
+  `state_from_param`;
 * a tensor stage (stage (f): Muon's Newton–Schulz orthogonalization) is `tensor_stage(param, grad, *state,
   *coefficients)`, a function of whole tensors written with arithmetic, the natives and the matrix natives
   (`matrix.MATRIX_NATIVE`), returning the per-tensor values named in `tensor_coefficients` (tensors of the
@@ -112,6 +118,9 @@ class Rule:
     column_coefficients: tuple[str, ...] = ()
     for_shape: Callable[[tuple[int, ...]], Rule] | None = None
     for_dtype: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+    group_state: tuple[str, ...] = ()
+    group_update: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    state_from_param: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_contract(self)
@@ -199,29 +208,42 @@ class Rule:
 
         `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
         Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
-        tensors, one per configuration); `param` is its own group (see `step_group`). A tensor stage takes
-        the whole of `param` (no `tensor_axes`).
+        tensors, one per configuration); `param` is its own group (see `step_group`), so `state` also holds
+        the group state (`group_state`), and `new_state` its advanced values. A tensor stage takes the whole
+        of `param` (no `tensor_axes`).
         """
-        ((new_param, new_state),) = self.step_group([param], [grad], [state], [step], hyperparameters, tensor_axes)
+        missing = [name for name in self.group_state if name not in state]
+        if missing:
+            raise ValueError(f"{self.name}: state lacks the group state {missing} (a param is its own group here: "
+                             f"start it from initial_group_state)")
+        group_state = {name: state[name] for name in self.group_state}
+        ((new_param, new_state),) = self.step_group([param], [grad], [state], [step], hyperparameters, tensor_axes,
+                                                    group_state=group_state)
         return new_param, new_state
 
     def step_group(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
                    steps: Sequence[int], hyperparameters: Mapping[str, Any],
-                   tensor_axes: tuple[int, ...] | None = None) -> list[tuple[Any, dict[str, Any]]]:
+                   tensor_axes: tuple[int, ...] | None = None,
+                   group_state: Mapping[str, Any] | None = None) -> list[tuple[Any, dict[str, Any]]]:
         """One update of a param group evaluated directly: `(new_param, new_state)` per param, as `step`.
 
         Each param has its own state and step count (`steps`, one each); a group reduction's total
-        (`group_reductions`) is summed over all of `params` before any `finish` (`group_totals`).
+        (`group_reductions`) is summed over all of `params` before any `finish` (`group_totals`). The group
+        state (`group_state`, required where the rule has some) is advanced once, for the whole group; each
+        `new_state` holds its advanced values (the same for every param).
         """
         if params:  # torch's choice: the dtype of the group's first param resolves it for all of them
             hyperparameters = self.hyperparameters_for(hyperparameters, dtype_of(params[0]))
         if self.for_shape is not None:
-            return self._step_by_shape(params, grads, states, steps, hyperparameters, tensor_axes)
+            return self._step_by_shape(params, grads, states, steps, hyperparameters, tensor_axes, group_state)
+        if self.group_state and group_state is None:
+            raise ValueError(f"{self.name}: step_group needs the group state {self.group_state} (group_state=...)")
+        group_values = self.advance_group_state(group_state or {}, hyperparameters)
         active = self.active_state(hyperparameters)
         work = []
         for param, grad, state, step in zip(params, grads, states, steps, strict=True):
             scalars = self.advance_scalar_state(step, state, hyperparameters)
-            coefficients = self.coefficients(step, **hyperparameters, **scalars)
+            coefficients = self.coefficients(step, **hyperparameters, **scalars, **group_values)
             arguments = [state[name] if name in active else None for name in self.state_names]
             work.append((param, grad, arguments, [coefficients[name] for name in self.coefficient_names], scalars))
         axis: list[dict[str, Any]] = [{} for _ in work]
@@ -254,7 +276,8 @@ class Rule:
                                                 *extra)
             updated = zip(self.state_names, new_state, strict=True)
             results.append((new_param, {**{name: value for name, value in updated if name in active},
-                                        **{name: finished[name] for name in self.axis_state}, **scalars}))
+                                        **{name: finished[name] for name in self.axis_state}, **scalars,
+                                        **group_values}))
         return results
 
     def _axis_stage(self, param: Any, grad: Any, arguments: list[Any], per_step: list[Any],
@@ -275,9 +298,11 @@ class Rule:
 
     def _step_by_shape(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
                        steps: Sequence[int], hyperparameters: Mapping[str, Any],
-                       tensor_axes: tuple[int, ...] | None) -> list[tuple[Any, dict[str, Any]]]:
+                       tensor_axes: tuple[int, ...] | None,
+                       group_state: Mapping[str, Any] | None) -> list[tuple[Any, dict[str, Any]]]:
         """`step_group` where params of different shapes run different rules (`for_shape`): each rule steps
-        its params, results in the params' order."""
+        its params, results in the params' order. (A rule with `for_shape` has no group state of its own to
+        advance once: `check_contract` refuses the two together.)"""
         by_rule: dict[Rule, list[int]] = {}
         for index, param in enumerate(params):
             by_rule.setdefault(self.rule_for_shape(tuple(getattr(param, "shape", ()))), []).append(index)
@@ -285,7 +310,7 @@ class Rule:
         for rule, indices in by_rule.items():
             stepped = rule.step_group([params[i] for i in indices], [grads[i] for i in indices],
                                       [states[i] for i in indices], [steps[i] for i in indices], hyperparameters,
-                                      tensor_axes)
+                                      tensor_axes, group_state)
             for index, result in zip(indices, stepped, strict=True):
                 results[index] = result
         return results
@@ -304,6 +329,38 @@ class Rule:
         if not self.scalar_state:
             return {}
         return self.scalar_update(step, {name: state[name] for name in self.scalar_state}, hyperparameters)
+
+    def initial_group_state(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The group state before the first step (Schedule-Free's `k = 0`, `lr_max = -1`), as `initial_state`
+        gives it (an int stays an int, as in torch's param-group dicts)."""
+        return {name: self.initial_state(name, hyperparameters) for name in self.group_state}
+
+    def advance_group_state(self, group_state: Mapping[str, Any],
+                            hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The group state after one more step of its group (`{}` for rules without any), from its values.
+
+        Plain arithmetic on the values as they are: Python floats (torch's param-group dicts, NumPy) or arrays
+        (a lab sweep, one value per configuration).
+        """
+        if not self.group_state:
+            return {}
+        return self.group_update({name: group_state[name] for name in self.group_state}, hyperparameters)
+
+    def coefficients_at(self, step: Any, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The coefficients of step `step` for a param whose scalar state and group state start from their
+        initial values and advance once: the first step's (for compiling a kernel, checking the contract)."""
+        scalars = self.advance_scalar_state(step, self.initial_scalar_state(hyperparameters), hyperparameters)
+        group_values = self.advance_group_state(self.initial_group_state(hyperparameters), hyperparameters)
+        return self.coefficients(step, **hyperparameters, **scalars, **group_values)
+
+    def initial_tensor(self, name: str, param: Any, hyperparameters: Mapping[str, Any]) -> Any:
+        """State `name` before a param's first step, given the param as a NumPy array: a copy of it for
+        `state_from_param` (Schedule-Free's `z`), else an array like it filled with `initial_state`."""
+        import numpy
+
+        if name in self.state_from_param:
+            return numpy.array(param, copy=True)
+        return numpy.full_like(param, self.initial_state(name, hyperparameters))
 
     def specialize(self, native: Mapping[str, Any], wrap: Callable[[Callable], Any] = lambda f: f,
                    function: str = "update") -> Any:
@@ -397,6 +454,17 @@ def check_contract(rule: Rule) -> None:
     if clashes:
         fail(f"scalar state {clashes} shares a name with the state, a hyperparameter or `step`")
     scalars = rule.advance_scalar_state(1, rule.initial_scalar_state(rule.hyperparameters), rule.hyperparameters)
+    if bool(rule.group_state) != (rule.group_update is not None):
+        fail("group_state and group_update come together (group-level state and how a step advances it)")
+    clashes = sorted(set(rule.group_state) & {*rule.state_names, *rule.hyperparameters, *rule.scalar_state, "step"})
+    if clashes:
+        fail(f"group state {clashes} shares a name with the state, the scalar state, a hyperparameter or `step`")
+    group_values = rule.advance_group_state(rule.initial_group_state(rule.hyperparameters), rule.hyperparameters)
+    if set(group_values) != set(rule.group_state):
+        fail(f"group_update returns {sorted(group_values)}, the group state is {sorted(rule.group_state)}")
+    if not set(rule.state_from_param) <= set(rule.state_names):
+        fail(f"state_from_param names {sorted(set(rule.state_from_param) - set(rule.state_names))}, "
+             f"not in {rule.state_names}")
     if bool(rule.reductions) != (rule.reduce is not None) or bool(rule.reductions) != (rule.finish is not None):
         fail("reductions, reduce and finish come together (the sums, their elementwise terms, the finish)")
     if rule.reductions:
@@ -425,7 +493,7 @@ def check_contract(rule: Rule) -> None:
     if set(scalars) != set(rule.scalar_state):
         fail(f"scalar_update returns {sorted(scalars)}, the scalar state is {sorted(rule.scalar_state)}")
     hyperparameters = rule.hyperparameters_for(rule.hyperparameters, _float64())
-    coefficients = rule.coefficients(1, **hyperparameters, **scalars)
+    coefficients = rule.coefficients(1, **hyperparameters, **scalars, **group_values)
     if set(coefficients) != set(coefficient_names):
         fail(f"coefficients returns {sorted(coefficients)}, update takes {sorted(coefficient_names)}")
     for name in coefficient_names:
@@ -441,6 +509,8 @@ def check_contract(rule: Rule) -> None:
         fail(f"active_state names {sorted(set(active) - set(known))}, not in {known}")
     if rule.for_shape is not None and rule.group_reductions:
         fail("a rule choosing its rule per shape (for_shape) cannot have group reductions (they would span rules)")
+    if rule.for_shape is not None and rule.group_state:
+        fail("a rule choosing its rule per shape (for_shape) cannot have group state (each rule would advance it)")
 
 
 def _float64() -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import adagrad, adam, lamb, lion, momentum, nadam, rmsprop, sgd
+from . import adagrad, adam, adamw_schedulefree, lamb, lion, momentum, nadam, rmsprop, sgd
 from .base import Rule
 
 #: Column headers for the quantities every trace has (the gradient, the update, the point and its value).
@@ -80,6 +80,10 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in (
     Entry("lamb", lamb.RULE, {}, "LAMB", "#7f7f7f", "LAMB",
           "LAMB: Adam's direction u (+ λθ) scaled per tensor by the trust ratio ‖θ‖ / ‖u‖.", "LAMB",
           {"m": "m_t", "v": "v_t"}, numpy_lr=1e-3),
+    Entry("adamw_schedulefree", adamw_schedulefree.RULE, {}, "Schedule-Free AdamW", "#aec7e8", "AdamWScheduleFree",
+          "Schedule-Free AdamW: y between AdamW's iterate z and the average x, no lr schedule (the param is y).",
+          "AdamWScheduleFree", {"z": "z_t", "v": "v_t", "c": "c_t", "lr_t": "γ_t"}, numpy_lr=0.0025,
+          trace_scalars=("c", "lr_t")),
 )}
 
 

@@ -244,6 +244,74 @@ class Lion(_RuleOptimizer):
         super().__init__(params, defaults)
 
 
+class AdamWScheduleFree(_RuleOptimizer):
+    """Schedule-Free AdamW (Defazio et al. 2024), as `schedulefree.AdamWScheduleFree`: no lr schedule; the
+    params hold y, between AdamW's iterate z and the average x of the z's (see `optimlab.rules.adamw_schedulefree`).
+
+    Like the reference it needs `optimizer.train()` before training steps and `optimizer.eval()` before
+    evaluating or saving a checkpoint: `eval()` puts x in the params, `train()` puts y back (both do nothing
+    in the mode they are already in), and `step` refuses to run in eval mode. The group-level state (`k`,
+    `weight_sum`, `lr_max`, `scheduled_lr`, `train_mode`) lives in the param groups under the reference's keys,
+    the per-param state (`z`, `exp_avg_sq`, and `exp_avg` with `inner_momentum`) under its names, so state
+    dicts load both ways. `foreach` is accepted and ignored: the backend decides how the update runs.
+    """
+
+    torch_name = "AdamWScheduleFree"
+    rule = RULES["adamw_schedulefree"]
+    counts_steps = False
+    # keys an older schedulefree lacks (`scheduled_lr`, `inner_momentum`), and the step decorator's key
+    setstate_defaults = {"scheduled_lr": 0.0, "inner_momentum": 0.0, "differentiable": False}
+
+    def __init__(self, params: Params, lr: float | torch.Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
+                 weight_lr_power: float = 2.0, inner_momentum: float = 0.0, foreach: bool | None = True, *,
+                 backend: str = "auto", state_dtype: torch.dtype | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "r": r, "warmup_steps": warmup_steps, "train_mode": False,
+                    **self.rule.initial_group_state(self.rule.hyperparameters), "weight_lr_power": weight_lr_power,
+                    "weight_decay": weight_decay, "inner_momentum": inner_momentum, "foreach": foreach,
+                    "differentiable": False, **_optimlab_keys(backend, state_dtype, skip_nonfinite)}
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        super()._validate_group(group)
+        if not isinstance(group["train_mode"], bool):
+            raise ValueError(f"Invalid train_mode: {group['train_mode']!r} (expected True or False)")
+        k = group["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"Invalid k: {k!r} (the group's step count: a whole number >= 0)")
+
+    def step(self, closure: Any = None) -> Any:
+        """One update (see `Optimizer.step`); `RuntimeError`, changing nothing, where a group is in eval mode."""
+        for index, group in enumerate(self.param_groups):
+            if not group["train_mode"]:
+                raise RuntimeError(f"{self.torch_name}: param group {index} is not in train mode: call "
+                                   f"optimizer.train() before training steps and optimizer.eval() before "
+                                   f"evaluating or saving a checkpoint")
+        return super().step(closure)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put x = y + (1 − 1/β1)(z − y) in the params of the groups in train mode."""
+        self._switch(to_train=False)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Put y = x + (1 − β1)(z − x) back in the params of the groups in eval mode."""
+        self._switch(to_train=True)
+
+    def _switch(self, to_train: bool) -> None:
+        for group in self.param_groups:
+            if group["train_mode"] == to_train:
+                continue
+            beta1 = _to_scalar(group["betas"][0])
+            weight = 1 - beta1 if to_train else 1 - 1 / beta1
+            for param in group["params"]:
+                z = self.state.get(param, {}).get("z")  # (`.get`: no empty state for params never stepped)
+                if z is not None:
+                    param.lerp_(z.to(device=param.device, dtype=param.dtype), weight)
+            group["train_mode"] = to_train
+
+
 class Muon(_RuleOptimizer):
     """`torch.optim.Muon` (Jordan et al. 2024): momentum B ← μB + (1 − μ)g, its (Nesterov) direction
     orthogonalized by Newton–Schulz in bfloat16, θ ← θ (1 − ηλ) − η_adj NS(B̃), for 2-D params only.
@@ -331,5 +399,5 @@ def backends() -> list[str]:
     return load_optional_backends()
 
 
-__all__ = ["LAMB", "SGD", "Adafactor", "Adagrad", "Adam", "AdamW", "Lion", "Momentum", "Muon", "NAdam", "Optimizer",
-           "RMSprop", "backends", "create"]
+__all__ = ["LAMB", "SGD", "Adafactor", "Adagrad", "Adam", "AdamW", "AdamWScheduleFree", "Lion", "Momentum", "Muon",
+           "NAdam", "Optimizer", "RMSprop", "backends", "create"]

@@ -351,8 +351,11 @@ def _allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], gr
             sizes = [math.prod(shape) for shape in shapes]
             buffer = torch.full((sum(sizes),), rule.initial_state(name, hyperparameters), dtype=dtype,
                                 device=device)
-            for (_, state), view, shape in zip(members, buffer.split(sizes), shapes, strict=True):
-                state[name] = view.view(shape)
+            views = [view.view(shape) for view, shape in zip(buffer.split(sizes), shapes, strict=True)]
+            if name in rule.state_from_param:  # (Schedule-Free's z starts at the param)
+                torch._foreach_copy_(views, [param.detach() for param, _ in members])
+            for (_, state), view in zip(members, views, strict=True):
+                state[name] = view
 
 
 def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any],
@@ -368,8 +371,11 @@ def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any
             created.append(name)
     for name in rule.active_state(hyperparameters):
         if state.get(name) is None:
-            state[name] = new_state(param, group, rule.initial_state(name, hyperparameters),
-                                    rule.state_shape(name, tuple(param.shape)))
+            if name in rule.state_from_param:
+                state[name] = copy_of(param, group)
+            else:
+                state[name] = new_state(param, group, rule.initial_state(name, hyperparameters),
+                                        rule.state_shape(name, tuple(param.shape)))
             created.append(name)
     return created
 
@@ -384,6 +390,12 @@ def new_state(param: torch.Tensor, group: Mapping[str, Any], value: float,
     if param.is_complex():  # (state_dtype is refused for complex params before the step)
         return torch.full_like(param, complex(value, value), memory_format=torch.preserve_format)
     return torch.full_like(param, value, dtype=state_dtype or param.dtype, memory_format=torch.preserve_format)
+
+
+def copy_of(param: torch.Tensor, group: Mapping[str, Any]) -> torch.Tensor:
+    """A state tensor that starts as a copy of `param` (`Rule.state_from_param`), in `state_dtype` if set."""
+    dtype = group["state_dtype"] if not param.is_complex() and group["state_dtype"] is not None else param.dtype
+    return param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
 
 
 class _Signature(NamedTuple):

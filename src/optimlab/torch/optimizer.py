@@ -17,6 +17,8 @@ docs/reliability.md) and the state-dict checks (`_state_dict`) live in their own
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -107,6 +109,12 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
         if not isinstance(group["skip_nonfinite"], bool):
             raise ValueError(f"Invalid skip_nonfinite: {group['skip_nonfinite']!r} (expected True or False)")
+        for name in rule.group_state:  # (a state dict's values, or a group's given to add_param_group)
+            value = group.get(name)
+            # a one-element tensor too: with `lr=torch.tensor(...)` the group state is tensors, as the reference's
+            number = value.item() if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex() else value
+            if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
+                raise ValueError(f"Invalid {name}: {value!r} (group state: expected a finite number)")
 
     # --- the step ------------------------------------------------------------------------------------
 
@@ -141,22 +149,37 @@ class Optimizer(torch.optim.Optimizer):
                     self._drop_created_state(later)
                 raise
         _plans.remember_state(self, group_steps)
+        self._advance_idle_groups({each.index for each in group_steps})
         return loss
+
+    def _advance_idle_groups(self, stepped: set[int]) -> None:
+        """Advance the group state of the groups none of whose params had a gradient: a group's state counts the
+        optimizer's steps, as Schedule-Free's reference advances `k`, `weight_sum` and `lr_max` of every group."""
+        if len(stepped) == len(self.param_groups):
+            return
+        for index, group in enumerate(self.param_groups):
+            if index not in stepped:
+                rule, hyperparameters = self.rule_for(group)
+                if rule.group_state:
+                    group.update(rule.advance_group_state(group, hyperparameters))
 
     def _update_group(self, group_step: GroupStep, grad_scale: Any) -> None:
         """Run the group's update on its plan's backend, then advance the group's step counters.
 
         A failed update changes nothing: the per-param scalar state it advanced (NAdam's `mu_product`) is put
-        back, the state its plan's build created is dropped, with the plan that holds it, and the counters have
-        not advanced.
+        back, the group state (Schedule-Free's `k`) is not written, the state its plan's build created is
+        dropped, with the plan that holds it, and the counters have not advanced.
         """
         plan, rule, params = group_step.plan, group_step.rule, group_step.params
         buckets = self._params_by_step(group_step)
         scalar_state = _ScalarStateSnapshot([self.state[param][name] for param in params
                                              for name in rule.scalar_state])
+        # group-level state (Schedule-Free's `k`, `weight_sum`, ...) lives in the group's dict, as the reference
+        # keeps it: advanced once for the whole group, written back only once the update succeeded
+        group_values = rule.advance_group_state(group_step.group, group_step.hyperparameters)
         try:
             tensors = plan.backend_tensors(params, group_step.grads)
-            calls = self._coefficients(rule, group_step.hyperparameters, params, buckets)
+            calls = self._coefficients(rule, group_step.hyperparameters, params, buckets, group_values)
             if rule.group_reductions and len(calls) > 1:
                 self._run_group_reducing(group_step, tensors, calls, grad_scale)
             else:
@@ -166,6 +189,7 @@ class Optimizer(torch.optim.Optimizer):
             scalar_state.restore()
             self._drop_created_state(group_step)
             raise
+        group_step.group.update(group_values)
         if plan.counters is not None:
             plan.counters.advance()
 
@@ -247,8 +271,11 @@ class Optimizer(torch.optim.Optimizer):
                                     tensors.grads[i], tensors.state[i], grad_scale)
 
     def _coefficients(self, rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
-                      buckets: Mapping[float, list[int]]) -> list[tuple[dict[str, Any], list[int]]]:
+                      buckets: Mapping[float, list[int]],
+                      group_values: Mapping[str, Any]) -> list[tuple[dict[str, Any], list[int]]]:
         """The per-step coefficients of each bucket of params, advancing per-param scalar state first.
+
+        `group_values` is the group state already advanced for this step, the same for every bucket.
 
         For rules with scalar state (NAdam's `mu_product`) each param's 0-dim tensors are advanced in place,
         in their own float32 arithmetic as `torch.optim` does, and params are bucketed again by the values
@@ -258,7 +285,8 @@ class Optimizer(torch.optim.Optimizer):
         three tensor ops and one host transfer per step instead of three per param.
         """
         if not rule.scalar_state:
-            return [(rule.coefficients(step, **hyperparameters), indices) for step, indices in buckets.items()]
+            return [(rule.coefficients(step, **hyperparameters, **group_values), indices)
+                    for step, indices in buckets.items()]
         by_values: dict[tuple[float, ...], list[int]] = defaultdict(list)
         for step, indices in buckets.items():
             by_kind: dict[tuple[Any, ...], list[int]] = defaultdict(list)  # stackable: same dtypes and devices
@@ -276,8 +304,8 @@ class Optimizer(torch.optim.Optimizer):
                     rows.append(values.tolist())
                 for i, values in zip(members, zip(*rows, strict=True), strict=True):
                     by_values[(step, *values)].append(i)
-        return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True))),
-                 indices) for (step, *values), indices in by_values.items()]
+        return [(rule.coefficients(step, **hyperparameters, **dict(zip(rule.scalar_state, values, strict=True)),
+                                   **group_values), indices) for (step, *values), indices in by_values.items()]
 
     @staticmethod
     def _sparse_update(rule: Rule, hyperparameters: dict[str, Any], backend: Backend, coefficients: dict[str, Any],
