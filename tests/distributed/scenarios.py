@@ -8,6 +8,9 @@ on a given backend — under the same parallelism, and asserts the results agree
   Adagrad, RMSprop, Adam, AdamW);
 * `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
   tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
+* `fsdp2_adafactor_*`: Adafactor on `fully_shard`-ed params (matrices with uneven shards and an empty one, a
+  3-D stack, vectors) against `torch.optim.Adafactor` on the whole tensors under DDP: the column sums of a
+  shard's rows are all-reduced, the per-row state sharded with the rows, the per-column state replicated;
 * `fsdp2_clipped_*`: SGD with momentum after clipping by the global gradient norm (a rule from outside the
   package with a group reduction, `clipped_momentum.py`) on `fully_shard`-ed params against
   `clip_grad_norm_` and `torch.optim.SGD` on the whole tensors under DDP: every shard clips by the norm of
@@ -175,6 +178,60 @@ def fsdp2_lamb(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
                          "LAMB params trained on FSDP2 shards against the whole tensors under DDP", backend)
 
 
+class StackedModel(nn.Module):
+    """`tiny_model` plus a stack of three 4×2 matrices (a 3-D param: two matrices in rank 0, one in rank 1)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.layers = tiny_model(seed)
+        self.stack = nn.Parameter(torch.randn(3, 4, 2) / 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        mixed = torch.einsum("bi,kij->bkj", inputs[:, :4], self.stack).tanh().mean(dim=(1, 2))
+        return self.layers(inputs) + mixed[:, None]
+
+
+def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    """Adafactor on `fully_shard`-ed params against `torch.optim.Adafactor` on the whole tensors under DDP.
+
+    The matrices' Shard(0) shards hold whole rows (8 rows evenly, 3 unevenly, 1 leaving rank 1 empty): their
+    column sums are all-reduced, and `row_var` stays sharded with the rows while `col_var` is replicated; the
+    3-D stack's shards hold whole matrices; the biases are vectors (elementwise second moment). The RMS values
+    of θ and U are per-tensor sums, all-reduced as LAMB's. The state dict holds DTensors whose whole tensors
+    are torch's state."""
+    import optimlab.torch
+
+    settings = {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.1}
+    mesh = init_device_mesh("cpu", (world_size,))
+    model = StackedModel()
+    for layer in model.layers:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optimizer = optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
+    train(model, optimizer, rank, range(STEPS))
+    sharded = {name: param.full_tensor().detach() for name, param in model.named_parameters()}
+    whole = StackedModel()
+    wrapped = DistributedDataParallel(whole)
+    reference = torch.optim.Adafactor(wrapped.parameters(), **settings)
+    train(wrapped, reference, rank, range(STEPS))
+    assert_matches_torch(sharded, {name: param.detach() for name, param in whole.named_parameters()},
+                         "Adafactor params trained on FSDP2 shards against torch.optim.Adafactor under DDP", backend)
+    state = optimizer.state_dict()["state"]
+    for index, (name, param) in enumerate(model.named_parameters()):
+        for key, value in state[index].items():
+            if key == "step":
+                continue
+            assert isinstance(value, DTensor), f"{name}: state {key!r} is not a DTensor"
+            expected = [Replicate()] if key == "col_var" and param.ndim == 2 else [Shard(0)]
+            assert list(value.placements) == expected, f"{name}: state {key!r} placed as {value.placements}"
+    assert_matches_torch({name: {key: value.full_tensor() for key, value in state[index].items() if key != "step"}
+                          for index, (name, _) in enumerate(model.named_parameters())},
+                         {name: {key: value for key, value in reference.state[param].items() if key != "step"}
+                          for name, param in whole.named_parameters()},
+                         "Adafactor state on FSDP2 shards (whole tensors) against torch.optim.Adafactor's", backend)
+
+
 def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
     """The last layer's bias (one element: rank 1's shard is empty) gets no gradient in the first step, so from
     the second on its momentum is a step behind: two backend calls in one group, one norm over both."""
@@ -303,6 +360,7 @@ for _backend in BACKENDS:
     globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
     globals()[f"fsdp2_lamb_{_backend}"] = functools.partial(fsdp2_lamb, backend=_backend)
+    globals()[f"fsdp2_adafactor_{_backend}"] = functools.partial(fsdp2_adafactor, backend=_backend)
     globals()[f"fsdp2_clipped_{_backend}"] = functools.partial(fsdp2_clipped, backend=_backend)
     globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)
     globals()[f"dcp_resume_{_backend}"] = functools.partial(dcp_resume, backend=_backend)
