@@ -8,8 +8,10 @@ dtype, DTensors — so it is registered last: `backend="auto"` falls back to it.
 State kept in a lower-precision `state_dtype` is read widened to the param's dtype, so the rule computes in
 the param's precision, and `copy_` rounds the result to nearest-even on store.
 
-A rule's tensor stage (Muon's Newton–Schulz) runs on each whole param: a DTensor shard holds part of a matrix,
-so `supports` declines sharded DTensors for such rules (there is then no backend for them: the error says why).
+Row and column sums (stage (b)) of a DTensor shard are finished by the front end's `axis_finish` hook where
+the shard holds part of a matrix. A rule's tensor stage (Muon's Newton–Schulz) runs on each whole param: a
+DTensor shard holds part of a matrix, so `supports` declines sharded DTensors for such rules (there is then no
+backend for them: the error says why).
 """
 
 from __future__ import annotations
