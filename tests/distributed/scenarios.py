@@ -192,7 +192,9 @@ class StackedModel(nn.Module):
 
 
 def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
-    """Adafactor on `fully_shard`-ed params against `torch.optim.Adafactor` on the whole tensors under DDP.
+    """Adafactor on `fully_shard`-ed params against `torch.optim.Adafactor` on the whole tensors under DDP, in
+    float32 and float64 (`torch.optim.Adafactor` itself does not run on FSDP2 shards in torch 2.13: DTensor
+    refuses its in-place `square_` of a partial column norm).
 
     The matrices' Shard(0) shards hold whole rows (8 rows evenly, 3 unevenly, 1 leaving rank 1 empty): their
     column sums are all-reduced, and `row_var` stays sharded with the rows while `col_var` is replicated; the
@@ -202,34 +204,42 @@ def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) 
     import optimlab.torch
 
     settings = {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.1}
-    mesh = init_device_mesh("cpu", (world_size,))
-    model = StackedModel()
-    for layer in model.layers:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    optimizer = optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
-    train(model, optimizer, rank, range(STEPS))
-    sharded = {name: param.full_tensor().detach() for name, param in model.named_parameters()}
-    whole = StackedModel()
-    wrapped = DistributedDataParallel(whole)
-    reference = torch.optim.Adafactor(wrapped.parameters(), **settings)
-    train(wrapped, reference, rank, range(STEPS))
-    assert_matches_torch(sharded, {name: param.detach() for name, param in whole.named_parameters()},
-                         "Adafactor params trained on FSDP2 shards against torch.optim.Adafactor under DDP", backend)
-    state = optimizer.state_dict()["state"]
-    for index, (name, param) in enumerate(model.named_parameters()):
-        for key, value in state[index].items():
-            if key == "step":
-                continue
-            assert isinstance(value, DTensor), f"{name}: state {key!r} is not a DTensor"
-            expected = [Replicate()] if key == "col_var" and param.ndim == 2 else [Shard(0)]
-            assert list(value.placements) == expected, f"{name}: state {key!r} placed as {value.placements}"
-    assert_matches_torch({name: {key: value.full_tensor() for key, value in state[index].items() if key != "step"}
-                          for index, (name, _) in enumerate(model.named_parameters())},
-                         {name: {key: value for key, value in reference.state[param].items() if key != "step"}
-                          for name, param in whole.named_parameters()},
-                         "Adafactor state on FSDP2 shards (whole tensors) against torch.optim.Adafactor's", backend)
+    for dtype, tolerance in ((torch.float32, {}), (torch.float64, {"rtol": 1e-12, "atol": 1e-12})):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # the models' params and the batches
+        try:
+            mesh = init_device_mesh("cpu", (world_size,))
+            model = StackedModel()
+            for layer in model.layers:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            optimizer = optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
+            train(model, optimizer, rank, range(STEPS))
+            whole = StackedModel()
+            wrapped = DistributedDataParallel(whole)
+            reference = torch.optim.Adafactor(wrapped.parameters(), **settings)
+            train(wrapped, reference, rank, range(STEPS))
+        finally:
+            torch.set_default_dtype(default)
+        what = f"Adafactor in {dtype} on FSDP2 shards against torch.optim.Adafactor under DDP ({backend})"
+        torch.testing.assert_close({name: param.full_tensor().detach() for name, param in model.named_parameters()},
+                                   {name: param.detach() for name, param in whole.named_parameters()},
+                                   **tolerance, msg=lambda message, what=what: f"{what}, params: {message}")
+        state = optimizer.state_dict()["state"]
+        for index, (name, param) in enumerate(model.named_parameters()):
+            for key, value in state[index].items():
+                if key == "step":
+                    continue
+                assert isinstance(value, DTensor), f"{name}: state {key!r} is not a DTensor"
+                expected = [Replicate()] if key == "col_var" and param.ndim == 2 else [Shard(0)]
+                assert list(value.placements) == expected, f"{name}: state {key!r} placed as {value.placements}"
+        torch.testing.assert_close(
+            {name: {key: value.full_tensor() for key, value in state[index].items() if key != "step"}
+             for index, (name, _) in enumerate(model.named_parameters())},
+            {name: {key: value for key, value in reference.state[param].items() if key != "step"}
+             for name, param in whole.named_parameters()},
+            **tolerance, msg=lambda message, what=what: f"{what}, whole state: {message}")
 
 
 def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
