@@ -200,22 +200,31 @@ def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) 
     column sums are all-reduced, and `row_var` stays sharded with the rows while `col_var` is replicated; the
     3-D stack's shards hold whole matrices; the biases are vectors (elementwise second moment). The RMS values
     of θ and U are per-tensor sums, all-reduced as LAMB's. The state dict holds DTensors whose whole tensors
-    are torch's state."""
+    are torch's state, and a distributed checkpoint of it resumes exactly."""
     import optimlab.torch
 
     settings = {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.1}
+
+    def sharded(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+        mesh = init_device_mesh("cpu", (world_size,))
+        model = StackedModel(seed)
+        for layer in model.layers:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model, optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
+
+    # Resumed from the checkpoint (taken in float32, first), training continues exactly as the uninterrupted run.
     for dtype, tolerance in ((torch.float32, {}), (torch.float64, {"rtol": 1e-12, "atol": 1e-12})):
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # the models' params and the batches
         try:
-            mesh = init_device_mesh("cpu", (world_size,))
-            model = StackedModel()
-            for layer in model.layers:
-                if isinstance(layer, nn.Linear):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-            optimizer = optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
-            train(model, optimizer, rank, range(STEPS))
+            model, optimizer = sharded()
+            train(model, optimizer, rank, range(STEPS // 2))
+            if dtype == torch.float32:  # a distributed checkpoint mid-training, resumed below
+                model_state, optimizer_state = get_state_dict(model, optimizer)
+                dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=workdir / "checkpoint")
+            train(model, optimizer, rank, range(STEPS // 2, STEPS))
             whole = StackedModel()
             wrapped = DistributedDataParallel(whole)
             reference = torch.optim.Adafactor(wrapped.parameters(), **settings)
@@ -240,6 +249,15 @@ def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) 
             {name: {key: value for key, value in reference.state[param].items() if key != "step"}
              for name, param in whole.named_parameters()},
             **tolerance, msg=lambda message, what=what: f"{what}, whole state: {message}")
+        if dtype == torch.float32:
+            resumed, resumed_optimizer = sharded(seed=1)  # other initial values: the checkpoint replaces them
+            model_state, optimizer_state = get_state_dict(resumed, resumed_optimizer)
+            dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=workdir / "checkpoint")
+            set_state_dict(resumed, resumed_optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+            train(resumed, resumed_optimizer, rank, range(STEPS // 2, STEPS))
+            assert_same({"params": params_of(resumed), "state": state_of(resumed, resumed_optimizer)},
+                        {"params": params_of(model), "state": state_of(model, optimizer)},
+                        "Adafactor on FSDP2 shards resumed from a distributed checkpoint")
 
 
 def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
