@@ -10,6 +10,9 @@ on a given backend — under the same parallelism, and asserts the results agree
   tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
 * `fsdp2_schedulefree_*`: Schedule-Free AdamW on `fully_shard`-ed params (z sharded with them, uneven shards,
   an empty one) against the `schedulefree` package on the whole tensors under DDP, in train and eval mode;
+* `fsdp2_adafactor_*`: Adafactor on `fully_shard`-ed params (matrices with uneven shards and an empty one, a
+  3-D stack, vectors) against `torch.optim.Adafactor` on the whole tensors under DDP: the column sums of a
+  shard's rows are all-reduced, the per-row state sharded with the rows, the per-column state replicated;
 * `fsdp2_clipped_*`: SGD with momentum after clipping by the global gradient norm (a rule from outside the
   package with a group reduction, `clipped_momentum.py`) on `fully_shard`-ed params against
   `clip_grad_norm_` and `torch.optim.SGD` on the whole tensors under DDP: every shard clips by the norm of
@@ -215,6 +218,88 @@ def fsdp2_schedulefree(rank: int, world_size: int, workdir: Path, *, backend: st
     assert {key: ours.param_groups[0][key] for key in keys} == {key: reference.param_groups[0][key] for key in keys}
 
 
+class StackedModel(nn.Module):
+    """`tiny_model` plus a stack of three 4×2 matrices (a 3-D param: two matrices in rank 0, one in rank 1)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.layers = tiny_model(seed)
+        self.stack = nn.Parameter(torch.randn(3, 4, 2) / 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        mixed = torch.einsum("bi,kij->bkj", inputs[:, :4], self.stack).tanh().mean(dim=(1, 2))
+        return self.layers(inputs) + mixed[:, None]
+
+
+def fsdp2_adafactor(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
+    """Adafactor on `fully_shard`-ed params against `torch.optim.Adafactor` on the whole tensors under DDP, in
+    float32 and float64 (`torch.optim.Adafactor` itself does not run on FSDP2 shards in torch 2.13: DTensor
+    refuses its in-place `square_` of a partial column norm).
+
+    The matrices' Shard(0) shards hold whole rows (8 rows evenly, 3 unevenly, 1 leaving rank 1 empty): their
+    column sums are all-reduced, and `row_var` stays sharded with the rows while `col_var` is replicated; the
+    3-D stack's shards hold whole matrices; the biases are vectors (elementwise second moment). The RMS values
+    of θ and U are per-tensor sums, all-reduced as LAMB's. The state dict holds DTensors whose whole tensors
+    are torch's state, and a distributed checkpoint of it resumes exactly."""
+    import optimlab.torch
+
+    settings = {"lr": 0.05, "beta2_decay": -0.6, "d": 1.5, "weight_decay": 0.1}
+
+    def sharded(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+        mesh = init_device_mesh("cpu", (world_size,))
+        model = StackedModel(seed)
+        for layer in model.layers:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model, optimlab.torch.Adafactor(model.parameters(), backend=backend, **settings)
+
+    # Resumed from the checkpoint (taken in float32, first), training continues exactly as the uninterrupted run.
+    for dtype, tolerance in ((torch.float32, {}), (torch.float64, {"rtol": 1e-12, "atol": 1e-12})):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # the models' params and the batches
+        try:
+            model, optimizer = sharded()
+            train(model, optimizer, rank, range(STEPS // 2))
+            if dtype == torch.float32:  # a distributed checkpoint mid-training, resumed below
+                model_state, optimizer_state = get_state_dict(model, optimizer)
+                dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=workdir / "checkpoint")
+            train(model, optimizer, rank, range(STEPS // 2, STEPS))
+            whole = StackedModel()
+            wrapped = DistributedDataParallel(whole)
+            reference = torch.optim.Adafactor(wrapped.parameters(), **settings)
+            train(wrapped, reference, rank, range(STEPS))
+        finally:
+            torch.set_default_dtype(default)
+        what = f"Adafactor in {dtype} on FSDP2 shards against torch.optim.Adafactor under DDP ({backend})"
+        torch.testing.assert_close({name: param.full_tensor().detach() for name, param in model.named_parameters()},
+                                   {name: param.detach() for name, param in whole.named_parameters()},
+                                   **tolerance, msg=lambda message, what=what: f"{what}, params: {message}")
+        state = optimizer.state_dict()["state"]
+        for index, (name, param) in enumerate(model.named_parameters()):
+            for key, value in state[index].items():
+                if key == "step":
+                    continue
+                assert isinstance(value, DTensor), f"{name}: state {key!r} is not a DTensor"
+                expected = [Replicate()] if key == "col_var" and param.ndim == 2 else [Shard(0)]
+                assert list(value.placements) == expected, f"{name}: state {key!r} placed as {value.placements}"
+        torch.testing.assert_close(
+            {name: {key: value.full_tensor() for key, value in state[index].items() if key != "step"}
+             for index, (name, _) in enumerate(model.named_parameters())},
+            {name: {key: value for key, value in reference.state[param].items() if key != "step"}
+             for name, param in whole.named_parameters()},
+            **tolerance, msg=lambda message, what=what: f"{what}, whole state: {message}")
+        if dtype == torch.float32:
+            resumed, resumed_optimizer = sharded(seed=1)  # other initial values: the checkpoint replaces them
+            model_state, optimizer_state = get_state_dict(resumed, resumed_optimizer)
+            dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=workdir / "checkpoint")
+            set_state_dict(resumed, resumed_optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+            train(resumed, resumed_optimizer, rank, range(STEPS // 2, STEPS))
+            assert_same({"params": params_of(resumed), "state": state_of(resumed, resumed_optimizer)},
+                        {"params": params_of(model), "state": state_of(model, optimizer)},
+                        "Adafactor on FSDP2 shards resumed from a distributed checkpoint")
+
+
 def fsdp2_clipped(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
     """The last layer's bias (one element: rank 1's shard is empty) gets no gradient in the first step, so from
     the second on its momentum is a step behind: two backend calls in one group, one norm over both."""
@@ -343,6 +428,7 @@ for _backend in BACKENDS:
     globals()[f"ddp_adamw_{_backend}"] = functools.partial(ddp, name="AdamW", backend=_backend)
     globals()[f"fsdp2_{_backend}"] = functools.partial(fsdp2, backend=_backend)
     globals()[f"fsdp2_lamb_{_backend}"] = functools.partial(fsdp2_lamb, backend=_backend)
+    globals()[f"fsdp2_adafactor_{_backend}"] = functools.partial(fsdp2_adafactor, backend=_backend)
     globals()[f"fsdp2_clipped_{_backend}"] = functools.partial(fsdp2_clipped, backend=_backend)
     globals()[f"fsdp2_schedulefree_{_backend}"] = functools.partial(fsdp2_schedulefree, backend=_backend)
     globals()[f"zero_adam_{_backend}"] = functools.partial(zero, backend=_backend)

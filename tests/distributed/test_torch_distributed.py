@@ -9,8 +9,8 @@ import pytest
 pytestmark = pytest.mark.distributed
 
 MATCHING = [f"{parallelism}_{backend}" for backend in ("eager", "numba")
-            for parallelism in ("ddp_adamw", "fsdp2", "fsdp2_lamb", "fsdp2_schedulefree", "fsdp2_clipped",
-                                 "zero_adam", "dcp_resume")]
+            for parallelism in ("ddp_adamw", "fsdp2", "fsdp2_lamb", "fsdp2_schedulefree", "fsdp2_adafactor",
+                                 "fsdp2_clipped", "zero_adam", "dcp_resume")]
 SCENARIOS = [*MATCHING, "fsdp2_mismatched_gradient"]
 
 

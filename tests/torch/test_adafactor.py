@@ -1,6 +1,6 @@
 """optimlab.torch.Adafactor against torch.optim.Adafactor step for step on every backend (the factored second
 moment of matrices is the contract's stage (b), row and column reductions), checkpoints both ways, failed steps,
-and the params no backend takes (sharded DTensors, complex)."""
+DTensor shards' state layout, and the params no backend takes (complex, DTensors placed as Partial)."""
 
 import copy
 import inspect
@@ -190,13 +190,50 @@ def mesh():
         dist.destroy_process_group()
 
 
-def test_sharded_dtensor_matrices_are_refused_with_the_reason(mesh):
-    """A Shard(0) shard's row sums are whole but its column sums partial; all-reducing them is not built."""
-    from torch.distributed.tensor import Shard, distribute_tensor
+def test_a_sharded_matrix_keeps_row_var_sharded_with_its_rows_and_col_var_replicated(mesh):
+    """FSDP2's Shard(0) of a matrix: each rank keeps its rows' `row_var` and the whole `col_var` (the values are
+    checked against torch in real process groups: tests/distributed, `fsdp2_adafactor`)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
-    sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 6), mesh, [Shard(0)]))
-    sharded.grad = distribute_tensor(torch.ones(4, 6), mesh, [Shard(0)])
-    optimizer = optimlab.torch.Adafactor([sharded])
-    with pytest.raises(ValueError, match="column sums are partial"):
+    sharded = torch.nn.Parameter(distribute_tensor(torch.ones(5, 6), mesh, [Shard(0)]))
+    sharded.grad = distribute_tensor(torch.ones(5, 6), mesh, [Shard(0)])
+    stack = torch.nn.Parameter(distribute_tensor(torch.ones(3, 2, 4), mesh, [Shard(0)]))
+    stack.grad = distribute_tensor(torch.ones(3, 2, 4), mesh, [Shard(0)])
+    optimizer = optimlab.torch.Adafactor([sharded, stack], backend="eager")
+    optimizer.step()
+    state = optimizer.state[sharded]
+    assert isinstance(state["row_var"], DTensor) and isinstance(state["col_var"], DTensor)
+    assert (state["row_var"].shape, tuple(state["row_var"].placements)) == ((5, 1), (Shard(0),))
+    assert state["row_var"].to_local().shape == (3, 1)  # rank 0's rows of 5 (torch.chunk: 3 and 2)
+    assert (state["col_var"].shape, tuple(state["col_var"].placements)) == ((1, 6), (Replicate(),))
+    assert state["col_var"].to_local().shape == (1, 6)
+    # a stack sharded along its leading axis: whole matrices in each rank, both factors sharded with them
+    assert tuple(optimizer.state[stack]["row_var"].placements) == (Shard(0),)
+    assert tuple(optimizer.state[stack]["col_var"].placements) == (Shard(0),)
+    assert optimizer.state[stack]["col_var"].to_local().shape == (2, 1, 4)
+
+
+def test_a_dtensor_matrix_placed_other_than_shard_or_replicate_is_refused_and_nothing_changes(mesh):
+    from torch.distributed.tensor import DTensor, Partial
+
+    param = torch.nn.Parameter(DTensor.from_local(torch.ones(4, 6), mesh, [Partial()], run_check=False))
+    param.grad = DTensor.from_local(torch.ones(4, 6), mesh, [Partial()], run_check=False)
+    optimizer = optimlab.torch.Adafactor([param])
+    with pytest.raises(ValueError, match="Shard and Replicate placements only"):
         optimizer.step()
     assert not optimizer.state
+
+
+def test_state_of_a_sharded_matrix_placed_as_the_param_is_refused(mesh):
+    """`col_var` of a Shard(0) matrix must be replicated: placed as the param, each rank would hold part of it."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    param = torch.nn.Parameter(distribute_tensor(torch.ones(4, 6), mesh, [Shard(0)]))
+    param.grad = distribute_tensor(torch.ones(4, 6), mesh, [Shard(0)])
+    optimizer = optimlab.torch.Adafactor([param], backend="eager")
+    optimizer.state[param]["step"] = torch.tensor(0.0)
+    optimizer.state[param]["row_var"] = distribute_tensor(torch.zeros(4, 1), mesh, [Shard(0)])
+    optimizer.state[param]["col_var"] = distribute_tensor(torch.zeros(1, 6), mesh, [Shard(0)])
+    with pytest.raises(ValueError, match="expected"):
+        optimizer.step()
+    assert torch.equal(param.to_local(), torch.ones(2, 6))

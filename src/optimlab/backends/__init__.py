@@ -4,7 +4,8 @@ A backend applies one rule to a list of tensors in place. The PyTorch front end 
 everything else — param groups, state creation, step counting, AMP's `found_inf`, complex params (it
 passes `torch.view_as_real` views, so backends only ever see real tensors), sparse gradients — and calls
 
-    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None[, all_reduce=...])
+    backend.step(rule, hyperparameters, coefficients, params, grads, states, grad_scale=None[, all_reduce=...,
+                 axis_finish=...])
 
 once per param group and distinct step count (and, for rules with per-param scalar state, distinct values
 of it), where
@@ -24,7 +25,9 @@ of it), where
   the shapes `rule.state_shape` gives, not the param's). The backend sums `axis_reduce`'s terms over each
   param's last axis and second-to-last axis, evaluates `rule.axis_finish` on those small tensors, hands
   `update` (and `reduce`) each element's row and column values, and stores the new per-row and per-column
-  state. Sharded DTensor params are refused by the front end (a shard's column sums are partial).
+  state. Where the front end gives `axis_finish=...` (DTensor shards holding part of a matrix: a shard's
+  column sums are partial), the backend calls `axis_finish(i, *arguments)` for param `i` instead of
+  `rule.axis_finish(*arguments)`, with the same arguments, and uses the values it returns (this rank's piece).
 * for a rule with a tensor stage (`rule.tensor_stage`: matrix math over each whole param, Muon's
   Newton–Schulz), a backend that runs it evaluates it on every param before any update and hands `update` its
   tensors in the param's dtype; one that cannot (the fused Numba and Triton backends) declines in `supports`.
@@ -66,7 +69,7 @@ class Backend(Protocol):
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None, all_reduce: Any = None) -> None:
+             grad_scale: Any = None, all_reduce: Any = None, axis_finish: Any = None) -> None:
         """Apply `rule.update` to every (param, grad, state) in place (after the reductions, if any)."""
 
 

@@ -8,12 +8,15 @@ dtype, DTensors — so it is registered last: `backend="auto"` falls back to it.
 State kept in a lower-precision `state_dtype` is read widened to the param's dtype, so the rule computes in
 the param's precision, and `copy_` rounds the result to nearest-even on store.
 
-A rule's tensor stage (Muon's Newton–Schulz) runs on each whole param: a DTensor shard holds part of a matrix,
-so `supports` declines sharded DTensors for such rules (there is then no backend for them: the error says why).
+Row and column sums (stage (b)) of a DTensor shard are finished by the front end's `axis_finish` hook where
+the shard holds part of a matrix. A rule's tensor stage (Muon's Newton–Schulz) runs on each whole param: a
+DTensor shard holds part of a matrix, so `supports` declines sharded DTensors for such rules (there is then no
+backend for them: the error says why).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,9 +41,6 @@ class Eager:
                 return f"eager: expected torch tensors, got {type(param).__name__}"
             if not param.is_floating_point():
                 return f"eager: floating-point tensors only, got {param.dtype}"
-        if rule.axis_reduce is not None and any(map(_is_sharded, params)):
-            return (f"eager: {rule.name}'s row and column reductions are not run on sharded DTensor params (a shard's "
-                    f"column sums are partial, and its per-column state would need them all-reduced; not built)")
         if rule.tensor_stage is not None and any(map(_is_sharded, params)):
             return (f"eager: {rule.name}'s tensor stage needs each whole matrix, and a sharded DTensor param "
                     f"holds part of one (gather it, or shard the optimizer by whole params)")
@@ -49,13 +49,16 @@ class Eager:
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
              states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None,
-             all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+             all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             axis_finish: Callable[..., dict[str, Any]] | None = None) -> None:
         """Apply `rule.update` to every (param, grad, state) and copy the results in place.
 
         A rule with reductions runs in two passes: the per-tensor sums of `rule.reduce`'s terms (one row per
         param), passed through `all_reduce` where given (the front end's sum over DTensor shards), then
         `rule.finish` (of each group reduction's total over the rows, `group_totals`) and the update with each
         tensor's coefficients. A rule with a tensor stage runs it on every param first, then the updates.
+        `axis_finish(index, *arguments)`, where given, replaces `rule.axis_finish` for param `index` (the front
+        end's, for DTensor shards holding part of a matrix).
         """
         active = rule.active_state(hyperparameters)
         position = {name: index for index, name in enumerate(active)}
@@ -68,8 +71,9 @@ class Eager:
                          for name in rule.state_names]
             work.append((param, grad, state, arguments))
         # stage (b): each param's sums over its rows and columns, finished into its per-row and per-column values
-        axis = [_axis_stage(rule, position, param, grad, state, arguments, scalars) if rule.axis_reduce else {}
-                for param, grad, state, arguments in work]
+        axis = [_axis_stage(rule, position, param, grad, state, arguments, scalars,
+                            rule.axis_finish if axis_finish is None else functools.partial(axis_finish, index))
+                if rule.axis_reduce else {} for index, (param, grad, state, arguments) in enumerate(work)]
         axis_arguments = [[finished[name] for name in rule.axis_values] for finished in axis]
         per_tensor: list[list[Any]] = [[] for _ in work]
         if rule.reductions and work:
@@ -97,14 +101,15 @@ class Eager:
 
 
 def _axis_stage(rule: Rule, position: Mapping[str, int], param: torch.Tensor, grad: torch.Tensor,
-                state: Sequence[torch.Tensor], arguments: list[Any], scalars: list[Any]) -> dict[str, Any]:
+                state: Sequence[torch.Tensor], arguments: list[Any], scalars: list[Any],
+                axis_finish: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """Stage (b) of one param: `rule.axis_reduce`'s terms summed over its rows (last axis) and columns
     (second-to-last), `rule.axis_finish`ed with its per-row and per-column state (read in the param's dtype)."""
     terms = rule.axis_reduce(param, grad, *arguments, *scalars)
     count = len(rule.row_reductions)
     sums = [axis_sum(term, -1) for term in terms[:count]] + [axis_sum(term, -2) for term in terms[count:]]
     kept = [state[position[name]].to(param.dtype) for name in rule.axis_state]
-    return rule.axis_finish(*kept, *sums, *scalars)
+    return axis_finish(*kept, *sums, *scalars)
 
 
 def _tensor_stage(rule: Rule, work: list[tuple[Any, ...]], scalars: list[Any]) -> list[list[Any]]:

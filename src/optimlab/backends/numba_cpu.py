@@ -458,12 +458,14 @@ class _Layout:
                 and np.array_equal(np.fromiter(map(_nbytes_of, flat_states), np.int64, count), self.state_bytes))
 
     def step(self, coefficients: Mapping[str, Any], grads: Sequence[torch.Tensor], grad_scale: Any = None,
-             all_reduce: Any = None, states: Sequence[Sequence[torch.Tensor]] | None = None) -> None:
+             all_reduce: Any = None, states: Sequence[Sequence[torch.Tensor]] | None = None,
+             axis_finish: Any = None) -> None:
         """One fused, in-place pass over the params and state the tables describe, with `grads` of the params'
         sizes and dtypes (the caller checked); their data pointers are read here, on every call. A rule with
         reductions first runs its reduce pass over the same chunks (`tensor_coefficients`); one with row and
         column reductions first its row and column pass (`axis_stage`, which reads and, once the update ran,
-        writes the per-row and per-column state among `states`)."""
+        writes the per-row and per-column state among `states`; `axis_finish(index, *arguments)`, where given,
+        replaces `rule.axis_finish` for tensor `index`: the front end's, for DTensor shards)."""
         if torch.cuda.is_initialized() and not all(map(_is_cpu, grads)):
             raise ValueError("numba: every gradient must be a CPU tensor")
         if not all(map(_is_contiguous, grads)):
@@ -484,7 +486,7 @@ class _Layout:
             if states is None:
                 raise ValueError(f"numba: {rule.name}'s row and column reductions need the state tensors")
             axis_values, finished = self.axis_stage(coefficients, grad_pointers, scale, scalars, flags, kinds,
-                                                    grad_scale is not None, states)
+                                                    grad_scale is not None, states, axis_finish)
         per_tensor = self.tensor_coefficients(grad_pointers, scale, scalars, flags, kinds, grad_scale is not None,
                                               all_reduce, axis_values) if rule.reductions else None
         for index, (split, pieces) in enumerate(self.splits):
@@ -503,7 +505,8 @@ class _Layout:
 
     def axis_stage(self, coefficients: Mapping[str, Any], grad_pointers: np.ndarray, scale: float,
                    scalars: list[Any], flags: tuple, kinds: tuple[str, ...], has_grad_scale: bool,
-                   states: Sequence[Sequence[torch.Tensor]]) -> tuple[tuple[np.ndarray, np.ndarray], list[dict]]:
+                   states: Sequence[Sequence[torch.Tensor]],
+                   axis_finish: Any = None) -> tuple[tuple[np.ndarray, np.ndarray], list[dict]]:
         """Stage (b): `rule.axis_reduce`'s terms summed over each tensor's rows and columns (float64) by the
         generated pass over the chunk table, then `rule.axis_finish` on the host, per tensor, on torch tensors
         of the param's dtype (the per-row and per-column state widened as eager reads it). Returns the per-row
@@ -531,7 +534,8 @@ class _Layout:
             sums += [torch.from_numpy(column_sums[j, columns]).reshape(column_shape).to(dtype)
                      for j in range(len(column_sums))]
             kept = [state[self.axis_positions[name]].to(dtype) for name in rule.axis_state]
-            values = rule.axis_finish(*kept, *sums, *per_step)
+            values = (rule.axis_finish(*kept, *sums, *per_step) if axis_finish is None
+                      else axis_finish(index, *kept, *sums, *per_step))
             for j, name in enumerate(rule.row_values):
                 row_values[j, rows] = torch.broadcast_to(torch.as_tensor(values[name]), row_shape).reshape(-1).double()
             for j, name in enumerate(rule.column_values):
@@ -727,7 +731,7 @@ class NumbaCPU:
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
              states: Sequence[Sequence[torch.Tensor]], grad_scale: Any = None,
-             all_reduce: Any = None) -> None:
+             all_reduce: Any = None, axis_finish: Any = None) -> None:
         """One fused, in-place pass of `rule.update` over the whole group (one launch per dtype pair).
 
         A rule with reductions first runs its reduce pass over the same chunks (`_Layout.tensor_coefficients`).
@@ -752,7 +756,7 @@ class NumbaCPU:
                 if grad.numel() != param.numel() or grad.dtype != param.dtype or grad.device != param.device:
                     raise ValueError(f"numba: a gradient of {grad.numel()} {grad.dtype} elements on {grad.device} "
                                      f"for a param of {param.numel()} {param.dtype} on {param.device}")
-        layout.step(coefficients, grads, grad_scale, all_reduce, states)
+        layout.step(coefficients, grads, grad_scale, all_reduce, states, axis_finish)
 
     def step_counters(self, counters: Sequence[torch.Tensor]) -> _StepCounters | None:
         """Compiled `step` counters when every one is a plain float32 CPU scalar, else None (the portable way)."""

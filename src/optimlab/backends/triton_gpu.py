@@ -430,11 +430,13 @@ class TritonBackend:
 
     def step(self, rule: Rule, hyperparameters: Mapping[str, Any], coefficients: Mapping[str, Any],
              params: Sequence[Any], grads: Sequence[Any], states: Sequence[Sequence[Any]],
-             grad_scale: Any = None, found_inf: Any = None, all_reduce: Any = None) -> None:
+             grad_scale: Any = None, found_inf: Any = None, all_reduce: Any = None,
+             axis_finish: Any = None) -> None:
         """Apply `rule.update` to every (param, grad, state) in place: one launch per dtype combination.
 
         `found_inf` (beyond the contract, optional): a tensor; where non-zero the kernel leaves params and
-        state untouched, decided on the device.
+        state untouched, decided on the device. `axis_finish(index, *arguments)`, where given, replaces
+        `rule.axis_finish` for tensor `index` (the front end's, for DTensor shards).
         """
         triton = _triton()
         if triton is None:
@@ -476,7 +478,8 @@ class TritonBackend:
                 raise ValueError(f"triton: {rule.name}'s per-row and per-column state is finished on the host, "
                                  "which cannot skip on a device-side found_inf: check it before the step")
             axis_arguments, finished = self._axis_stage(triton, rule, active, kinds, launches, arguments, params,
-                                                        axis_states, coefficients, hyperparameters, device)
+                                                        axis_states, coefficients, hyperparameters, device,
+                                                        axis_finish)
         per_tensor = self._tensor_coefficients(triton, rule, active, kinds, launches, arguments, found_inf,
                                                len(params), device, all_reduce,
                                                axis_arguments) if rule.reductions else None
@@ -498,7 +501,8 @@ class TritonBackend:
     def _axis_stage(self, triton: Any, rule: Rule, active: tuple[str, ...], kinds: Mapping[str, str],
                     launches: list[tuple[_Group, Any, bool]], arguments: list[Any], params: Sequence[Any],
                     states: Sequence[Sequence[Any]], coefficients: Mapping[str, Any],
-                    hyperparameters: Mapping[str, Any], device: Any) -> tuple[list[list[Any]], list[dict]]:
+                    hyperparameters: Mapping[str, Any], device: Any,
+                    axis_finish: Any = None) -> tuple[list[list[Any]], list[dict]]:
         """Stage (b): the row and column kernel over each launch's layout adds `rule.axis_reduce`'s terms into
         each tensor's row and column sums (atomically: a row's elements lie in several tiles), then
         `rule.axis_finish` per tensor on the device, in the param's dtype (the per-row and per-column state
@@ -542,7 +546,8 @@ class TritonBackend:
             sums = [row_sums[j, rows].reshape(row_shape).to(param.dtype) for j in range(len(row_sums))]
             sums += [column_sums[j, columns].reshape(column_shape).to(param.dtype) for j in range(len(column_sums))]
             kept = [state[positions[name]].to(param.dtype) for name in rule.axis_state]
-            values = rule.axis_finish(*kept, *sums, *per_step)
+            values = (rule.axis_finish(*kept, *sums, *per_step) if axis_finish is None
+                      else axis_finish(index, *kept, *sums, *per_step))
             for j, name in enumerate(rule.row_values):
                 row_values[j, rows] = torch.broadcast_to(torch.as_tensor(values[name], device=device),
                                                          row_shape).reshape(-1)

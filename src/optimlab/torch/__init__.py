@@ -361,8 +361,10 @@ class Adafactor(_RuleOptimizer):
 
     Row and column sums are the rule contract's stage (b), both RMS values stage (a): every backend runs them
     (eager, numba, triton). State as torch's (`step`, and `row_var`/`col_var` or `variance`), so checkpoints
-    interchange both ways. `foreach` is accepted and ignored (the math is the same). Params sharded as DTensors
-    (FSDP2) are refused: a shard's column sums are partial (not built). Complex params are refused, as torch's.
+    interchange both ways. `foreach` is accepted and ignored (the math is the same). On params sharded as
+    DTensors (FSDP2's `Shard(0)`) a shard's partial column sums are all-reduced and its per-row tensors gathered
+    before the rows and columns are finished; `row_var` is sharded with the rows, `col_var` replicated
+    (docs/distributed.md). Complex params are refused, as torch's.
     """
 
     torch_name = "Adafactor"

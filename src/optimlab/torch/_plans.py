@@ -30,6 +30,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from ..backends import Backend, resolve
 from ..rules import Rule
+from . import _axis_shards
 from ._counters import StepCounters
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
                 plan = None
                 dtypes = tuple(map(_dtype_of, part_params))
                 _check_gradients(part_params, part_grads)
-                _check_not_sharded(optimizer, part, part_params)
+                _check_placements(optimizer, part, part_params)
                 backend = _resolve_backend(group, part, hyperparameters, part_params, dtypes)
             candidates.append(_Candidate(key, group, part, hyperparameters, part_params, part_grads,
                                          part_bytes is None, dtypes, backend, plan))
@@ -216,20 +217,14 @@ def _resolve_backend(group: Mapping[str, Any], rule: Rule, hyperparameters: dict
     return resolve(group["backend"], rule, hyperparameters, real_params, group["state_dtype"])
 
 
-def _check_not_sharded(optimizer: Optimizer, rule: Rule, params: list[torch.Tensor]) -> None:
-    """Refuse DTensor shards for rules with row and column reductions (stage (b)), before anything changes.
-
-    A Shard(0) shard of a matrix has whole rows (its row sums are complete) but part of every column: its column
-    sums, and the per-column state finished from them, would need an all-reduce over the shard group and the
-    state kept replicated, which is not built.
-    """
+def _check_placements(optimizer: Optimizer, rule: Rule, params: list[torch.Tensor]) -> None:
+    """Refuse DTensor placements that rules with row and column reductions (stage (b)) do not run on, before
+    anything changes (`_axis_shards`)."""
     if rule.axis_reduce is None:
         return
     for position, param in enumerate(params):
-        if is_dtensor(param) and not all(placement.is_replicate() for placement in param.placements):
-            raise ValueError(f"{optimizer.torch_name}: param {position} of its group is a DTensor sharded as "
-                             f"{param.placements}: {rule.name}'s column sums are partial on a shard (all-reducing "
-                             f"them over the shard group is not built); shard the optimizer by whole params")
+        if is_dtensor(param):
+            _axis_shards.check_placements(rule, param, position, optimizer.torch_name)
 
 
 def _check_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
@@ -370,7 +365,11 @@ def ensure_state(optimizer: Optimizer, param: torch.Tensor, state: dict[str, Any
             state[name] = torch.tensor(float(rule.initial_state(name, hyperparameters)), dtype=_get_scalar_dtype())
             created.append(name)
     for name in rule.active_state(hyperparameters):
-        if state.get(name) is None:
+        if state.get(name) is None and name in rule.axis_state and is_dtensor(param):
+            state[name] = _axis_shards.new_state(rule, name, param, rule.initial_state(name, hyperparameters),
+                                                 group["state_dtype"] or param.dtype)
+            created.append(name)
+        elif state.get(name) is None:
             if name in rule.state_from_param:
                 state[name] = copy_of(param, group)
             else:
@@ -509,12 +508,19 @@ class Plan:
             return BackendTensors(params, grads, self.tensors)
         backend_params, backend_grads, tensors = list(params), list(grads), list(self.tensors)
         for i in self.special:
-            param, grad, state = local_shards(params[i], grads[i], tensors[i])
+            param, grad, state = local_shards(params[i], grads[i], tensors[i], self._placements(params[i]))
             if self.dtypes[i].is_complex:
                 param, grad = torch.view_as_real(param), torch.view_as_real(grad)
                 state = [torch.view_as_real(tensor) for tensor in state]
             backend_params[i], backend_grads[i], tensors[i] = param, grad, state
         return BackendTensors(backend_params, backend_grads, tensors)
+
+    def _placements(self, param: torch.Tensor) -> list[Any] | None:
+        """The placements each active state tensor of DTensor `param` must have (None: the param's, for all)."""
+        if not self.rule.axis_state or not is_dtensor(param):
+            return None
+        return [_axis_shards.state_placements(self.rule, name, param) if name in self.rule.axis_state
+                else param.placements for name in self.active]
 
     def shard_sums(self, params: list[torch.Tensor]) -> dict[str, Any]:
         """The `all_reduce` a backend applies to a reducing rule's per-tensor sums (one row per param) when some
@@ -525,8 +531,15 @@ class Plan:
         Every rank has the same params with gradients (FSDP2 gives an empty shard an empty gradient), so the
         collectives match across the group.
         """
-        if not self.rule.reductions or not self.special:
+        if not self.special:
             return {}
+        hooks = {}
+        if self.rule.axis_reduce is not None:
+            axis_finish = _axis_shards.axis_finish_hook(self.rule, params)
+            if axis_finish is not None:
+                hooks["axis_finish"] = axis_finish
+        if not self.rule.reductions:
+            return hooks
         by_group: dict[Any, list[int]] = defaultdict(list)
         for row, param in enumerate(params):
             if is_dtensor(param):
@@ -534,7 +547,7 @@ class Plan:
                     if placement.is_shard():
                         by_group[param.device_mesh.get_group(dim)].append(row)
         if not by_group:
-            return {}
+            return hooks
 
         def all_reduce(sums: torch.Tensor) -> torch.Tensor:
             sums = sums.clone()
@@ -544,26 +557,30 @@ class Plan:
                 sums[rows] = partial
             return sums
 
-        return {"all_reduce": all_reduce}
+        return {**hooks, "all_reduce": all_reduce}
 
 
-def local_shards(param: torch.Tensor, grad: torch.Tensor,
-                 tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def local_shards(param: torch.Tensor, grad: torch.Tensor, tensors: list[torch.Tensor],
+                 placements: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """This rank's local tensors when `param` is a `DTensor` (FSDP2's `fully_shard`), else the arguments as given.
 
     An elementwise rule updates a sharded param shard by shard with no communication (a reducing rule's
     per-tensor sums are all-reduced over the shard group first, see `Plan.shard_sums`); the local tensors share
     the DTensors' storage, so backends update them in place like any tensor (the fused ones need
     real data pointers, which a DTensor does not have). The state stays a DTensor, as in `torch.optim`, so
-    distributed checkpoints save it sharded.
+    distributed checkpoints save it sharded. `placements`, where given, are those of each state tensor (per-row
+    and per-column state: `_axis_shards.state_placements`); by default the param's.
     """
     if not is_dtensor(param):
         return param, grad, tensors
-    for name, tensor in (("gradient", grad), *(("state", tensor) for tensor in tensors)):
-        if not is_dtensor(tensor) or tensor.placements != param.placements:
-            placements = getattr(tensor, "placements", "a plain tensor")
+    expected = [param.placements, *(placements or [param.placements] * len(tensors))]
+    for (name, tensor), wanted in zip((("gradient", grad), *(("state", tensor) for tensor in tensors)), expected,
+                                      strict=True):
+        if not is_dtensor(tensor) or tuple(tensor.placements) != tuple(wanted):
+            actual = getattr(tensor, "placements", "a plain tensor")
             raise ValueError(f"a DTensor param with placements {param.placements} has a {name} with placements "
-                             f"{placements}: optimlab updates DTensors shard by shard and needs them to match")
+                             f"{actual} (expected {wanted}): optimlab updates DTensors shard by shard and needs "
+                             f"them to match")
     return param.to_local(), grad.to_local(), [tensor.to_local() for tensor in tensors]
 
 

@@ -249,9 +249,11 @@ class Optimizer(torch.optim.Optimizer):
         (stage (c) over several calls, `_run_group_reducing`; sparse gradients are refused there)."""
         plan, rule, hyperparameters = group_step.plan, group_step.rule, group_step.hyperparameters
         if all_reduce is not None:
+            axis_hooks = ({"axis_finish": hook} if (hook := plan.shard_sums(
+                [group_step.params[i] for i in indices]).get("axis_finish")) is not None else {})
             plan.backend.step(rule, hyperparameters, coefficients, [tensors.params[i] for i in indices],
                               [tensors.grads[i] for i in indices], [tensors.state[i] for i in indices], grad_scale,
-                              all_reduce=all_reduce)
+                              all_reduce=all_reduce, **axis_hooks)
             return
         if len(indices) == len(tensors.params) and not group_step.has_sparse:
             if plan.prepared is not None:
