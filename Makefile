@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch first and pinned: that CPU wheel is on disk; a bare `torch` would pull a multi-GB CUDA build.
+# torch pinned: that CPU wheel is on disk; a bare `torch` would pull a multi-GB CUDA build. One resolve for
+# torch and the extras (the pin holds within it), not two.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
 demo: install
@@ -24,8 +24,12 @@ demo: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# pytest-xdist: TEST_WORKERS processes (2, CI's cores; `auto` = one per core, 0 = no workers); tests/conftest.py
+# keeps each module's tests that share a module-scoped fixture on one worker (`--dist loadgroup`).
+TEST_WORKERS ?= 2
+
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The documentation site (MkDocs, Material theme) from docs/ into site/: offline, warnings are errors.
 docs: install
