@@ -7,6 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The configurations both test modules run (defaults, warmup, weight decay, r > 0 with weight_lr_power, inner
+#: momentum).
+CONFIGS = {
+    "defaults": {},
+    "warmup": {"lr": 0.05, "warmup_steps": 7},
+    "weight_decay": {"lr": 0.02, "weight_decay": 0.1},
+    "polynomial": {"lr": 0.02, "r": 1.5, "weight_lr_power": 1.0, "warmup_steps": 3},
+    "inner_momentum": {"lr": 0.03, "inner_momentum": 0.9, "weight_decay": 0.01},
+}
+
 
 def new_group(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0, r=0.0,
               weight_lr_power=2.0, inner_momentum=0.0) -> dict:

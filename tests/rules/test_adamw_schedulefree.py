@@ -11,13 +11,7 @@ from optimlab.rules import RULES
 
 RULE = RULES["adamw_schedulefree"]
 STEPS = 30
-CONFIGS = {
-    "defaults": {},
-    "warmup": {"lr": 0.05, "warmup_steps": 7},
-    "weight_decay": {"lr": 0.02, "weight_decay": 0.1},
-    "polynomial": {"lr": 0.02, "r": 1.5, "weight_lr_power": 1.0, "warmup_steps": 3},
-    "inner_momentum": {"lr": 0.03, "inner_momentum": 0.9, "weight_decay": 0.01},
-}
+CONFIGS = reference.CONFIGS
 
 
 def gradients(seed, shapes, steps=STEPS):

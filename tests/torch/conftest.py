@@ -90,3 +90,17 @@ def mlp() -> Callable[..., torch.nn.Module]:
 def batches() -> Callable[..., Iterator[tuple[Any, Any]]]:
     """`batches(count, dtype=..., seed=...)`: the same random (input, target) pairs on every call."""
     return make_batches
+
+
+@pytest.fixture
+def mesh():
+    """A two-rank device mesh in this one process (torch's fake process group: no communication)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        yield init_device_mesh("cpu", (2,))
+    finally:
+        dist.destroy_process_group()

@@ -176,20 +176,6 @@ def test_torchs_errors():
     assert not optimizer.state
 
 
-@pytest.fixture
-def mesh():
-    """A two-rank device mesh in this one process (torch's fake process group: no communication)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
-    try:
-        yield init_device_mesh("cpu", (2,))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_a_sharded_matrix_keeps_row_var_sharded_with_its_rows_and_col_var_replicated(mesh):
     """FSDP2's Shard(0) of a matrix: each rank keeps its rows' `row_var` and the whole `col_var` (the values are
     checked against torch in real process groups: tests/distributed, `fsdp2_adafactor`)."""

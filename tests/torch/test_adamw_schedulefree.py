@@ -13,13 +13,7 @@ from tests.rules import schedulefree_reference as reference
 import optimlab.torch
 
 STEPS = 30
-CONFIGS = {
-    "defaults": {},
-    "warmup": {"lr": 0.05, "warmup_steps": 7},
-    "weight_decay": {"lr": 0.02, "weight_decay": 0.1},
-    "polynomial": {"lr": 0.02, "r": 1.5, "weight_lr_power": 1.0, "warmup_steps": 3},
-    "inner_momentum": {"lr": 0.03, "inner_momentum": 0.9, "weight_decay": 0.01},
-}
+CONFIGS = reference.CONFIGS
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 

@@ -194,20 +194,6 @@ def test_bfloat16_params_with_plain_momentum_keep_their_average():
     assert torch.equal(optimizer.state[param]["momentum_buffer"], torch.ones(3, 4, dtype=torch.bfloat16))
 
 
-@pytest.fixture
-def mesh():
-    """A two-rank device mesh in this one process (torch's fake process group: no communication)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
-    try:
-        yield init_device_mesh("cpu", (2,))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_sharded_dtensor_params_are_refused_replicated_ones_run(mesh):
     """A shard holds part of a matrix, and Newton–Schulz needs all of it: no backend takes it, the error says why."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
