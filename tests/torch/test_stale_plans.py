@@ -269,3 +269,39 @@ def main(backends: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+STATE_EDITS = {
+    # a state tensor replaced by another object (same shape: only its identity tells)
+    "a value replaced": lambda optimizer, params: optimizer.state[params[0]].__setitem__(
+        "exp_avg", torch.full_like(optimizer.state[params[0]]["exp_avg"], 0.5)),
+    # two params' state dicts swapped: the same objects, the same count, in another order
+    "two params' state swapped": lambda optimizer, params: optimizer.state.update(
+        {params[0]: optimizer.state[params[1]], params[1]: optimizer.state[params[0]]}),
+    # a state dict replaced by a copy holding the same tensors
+    "a state dict copied": lambda optimizer, params: optimizer.state.__setitem__(
+        params[1], dict(optimizer.state[params[1]])),
+    "the whole state rebound": lambda optimizer, params: setattr(optimizer, "state", type(optimizer.state)(
+        dict, {param: {name: value.clone() for name, value in state.items()}
+               for param, state in optimizer.state.items()})),
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_state_replaced_between_steps_is_what_the_next_step_uses(backend, edit):
+    """The plan's state snapshot is compared by identity, object by object: an edit that keeps the number of
+    objects (a swap, a copy, a replaced value) is seen like one that does not."""
+    reference_params, reference, params, optimizer = twins(backend, sizes=((4, 3), (4, 3)))
+    for _ in range(2):
+        reference.step()
+        optimizer.step()
+    STATE_EDITS[edit](reference, reference_params)
+    STATE_EDITS[edit](optimizer, params)
+    for _ in range(2):
+        reference.step()
+        optimizer.step()
+    for expected, actual in zip(reference_params, params, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=RTOL, atol=1e-7)
+    for expected, actual in zip(reference_params, params, strict=True):
+        for name, value in reference.state[expected].items():
+            torch.testing.assert_close(optimizer.state[actual][name], value, rtol=RTOL, atol=1e-7)

@@ -122,9 +122,9 @@ def prepare(optimizer: Optimizer) -> list[GroupStep] | None:
                 backend = _resolve_backend(group, part, hyperparameters, part_params, dtypes)
             candidates.append(_Candidate(key, group, part, hyperparameters, part_params, part_grads,
                                          part_bytes is None, dtypes, backend, plan))
-    state_ids = _state_ids(optimizer) if candidates else ()
+    unchanged = _StateComparison(optimizer)
     for i, each in enumerate(candidates):
-        if each.plan is not None and not each.plan.state_fits(state_ids):
+        if each.plan is not None and not each.plan.state_fits(unchanged):
             candidates[i] = each = each._replace(plan=None)
         if each.plan is None:
             _check_state(optimizer, each.params, each.rule, each.rule.active_state(each.hyperparameters))
@@ -162,10 +162,10 @@ def remember_state(optimizer: Optimizer, group_steps: list[GroupStep]) -> None:
     A rebuilt plan created state, which changed the snapshot. Every plan used in this step still matches the
     state (a group's state creation touches only its own params' state), so all of them take the new one.
     """
-    if any(each.plan.state_ids is None for each in group_steps):  # (a plan in use already has its snapshot)
+    if any(each.plan.state_objects is None for each in group_steps):  # (a plan in use already has its snapshot)
         snapshot = _state_snapshot(optimizer)
         for each in group_steps:
-            each.plan.state_objects, each.plan.state_ids = snapshot
+            each.plan.state_objects = snapshot
 
 
 def params_with_grad(optimizer: Optimizer, group: Mapping[str, Any]
@@ -273,24 +273,43 @@ def _has_nonfinite_gradient(candidates: list[_Candidate]) -> bool:
     return not all(bool(torch.stack(flags).all()) for flags in finite_by_device.values())
 
 
-def _state_snapshot(optimizer: Optimizer) -> tuple[list[Any], tuple[int, ...]]:
-    """`optimizer.state`, its params, their state dicts and the values in those, and the ids of all of them.
+def _state_objects(optimizer: Optimizer) -> tuple[int, Any]:
+    """How many objects `_state_snapshot` lists for `optimizer.state` as it is now, and an iterator over them."""
+    dicts = list(optimizer.state.values())
+    count = 1 + 2 * len(dicts) + sum(map(len, dicts))
+    return count, itertools.chain((optimizer.state,), optimizer.state, dicts,
+                                  itertools.chain.from_iterable(map(dict.values, dicts)))
 
-    A plan keeps these objects alive, so none of their ids can be taken by another object while it lives:
-    equal ids mean nothing in the state was added, removed or replaced since (a `load_state_dict`, a new
-    param's state, `optimizer.state[p]["step"] = ...`, `optimizer.state = defaultdict(dict)`...). Values
-    changed in place (`state["step"].fill_(0)`) need no check: the plan keeps tensors, not their values.
+
+def _state_snapshot(optimizer: Optimizer) -> list[Any]:
+    """`optimizer.state`, its params, their state dicts and the values in those.
+
+    A plan keeps these objects: the same objects, in the same order, mean nothing in the state was added,
+    removed or replaced since (a `load_state_dict`, a new param's state, `optimizer.state[p]["step"] = ...`,
+    `optimizer.state = defaultdict(dict)`...). Values changed in place (`state["step"].fill_(0)`) need no
+    check: the plan keeps tensors, not their values.
     """
-    dicts = list(optimizer.state.values())
-    objects = [optimizer.state, *optimizer.state, *dicts, *itertools.chain.from_iterable(map(dict.values, dicts))]
-    return objects, tuple(map(id, objects))
+    return list(_state_objects(optimizer)[1])
 
 
-def _state_ids(optimizer: Optimizer) -> tuple[int, ...]:
-    """The ids `_state_snapshot` gives, without listing the objects (what every step compares)."""
-    dicts = list(optimizer.state.values())
-    return tuple(map(id, itertools.chain((optimizer.state,), optimizer.state, dicts,
-                                         itertools.chain.from_iterable(map(dict.values, dicts)))))
+class _StateComparison:
+    """Whether `optimizer.state` still holds a snapshot's objects (`_state_snapshot`), asked of each plan of a
+    step: compared by identity (C-level `operator.is_` over the objects, no ids listed), once per snapshot
+    (the plans of one step share theirs)."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.answers: dict[int, bool] = {}
+
+    def __call__(self, snapshot: list[Any] | None) -> bool:
+        if snapshot is None:
+            return False
+        answer = self.answers.get(id(snapshot))
+        if answer is None:
+            count, objects = _state_objects(self.optimizer)
+            answer = count == len(snapshot) and all(map(operator.is_, objects, snapshot))
+            self.answers[id(snapshot)] = answer
+        return answer
 
 
 def _build_plan(optimizer: Optimizer, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any],
@@ -444,8 +463,7 @@ class Plan:
         self.active = active
         self.backend_name = backend_name
         self.backend = backend
-        self.params = params  # kept alive, so that `param_ids` cannot be reused by other tensors
-        self.param_ids = tuple(map(id, params))
+        self.params = params  # the same objects every step (`fits` compares them by identity)
         self.dtypes = dtypes
         #: params whose tensors are converted every step (DTensor to local shard, complex to real view)
         self.special = special
@@ -469,8 +487,8 @@ class Plan:
         self.watched_pointers = np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched))
         self._storages = [tensor.untyped_storage() for tensor in itertools.chain(
             params if not special else (), self.watched)]
-        self.state_objects: list[Any] = []
-        self.state_ids: tuple[int, ...] | None = None
+        #: the state snapshot (`_state_snapshot`) this plan was last checked against; None until its first step
+        self.state_objects: list[Any] | None = None
 
     def fits(self, group: dict[str, Any], rule: Rule, hyperparameters: dict[str, Any], params: list[torch.Tensor],
              grads: list[torch.Tensor], grad_bytes: np.ndarray | None) -> bool:
@@ -478,7 +496,8 @@ class Plan:
         sparse) still run on this plan as they are: the same params at the same data pointers (their dtypes,
         sizes, devices and layouts then follow), gradients of their byte counts."""
         if not (self.group is group and self.rule is rule and self.backend_name == group["backend"]
-                and self.active == rule.active_state(hyperparameters) and self.param_ids == tuple(map(id, params))):
+                and self.active == rule.active_state(hyperparameters) and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params))):  # (the plan keeps its params: identity)
             return False
         count = len(params)
         if self.special:
@@ -494,10 +513,10 @@ class Plan:
         # a gradient of the param's dtype and size has its byte count (`param.grad = ...` checks the device)
         return np.array_equal(grad_bytes, self.param_bytes)
 
-    def state_fits(self, state_ids: tuple[int, ...]) -> bool:
+    def state_fits(self, unchanged: _StateComparison) -> bool:
         """Whether `optimizer.state` holds the same objects, and the step counters and state tensors are where
         they were (`share_memory_()`, `.data = ...`, `set_` and a growing `resize_` move them)."""
-        return (self.state_ids == state_ids and (self.counters is None or not self.counters.moved())
+        return (unchanged(self.state_objects) and (self.counters is None or not self.counters.moved())
                 and np.array_equal(np.fromiter(map(_data_ptr, self.watched), np.int64, len(self.watched)),
                                    self.watched_pointers))
 

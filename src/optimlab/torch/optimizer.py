@@ -172,8 +172,9 @@ class Optimizer(torch.optim.Optimizer):
         """
         plan, rule, params = group_step.plan, group_step.rule, group_step.params
         buckets = self._params_by_step(group_step)
+        # (no pass over the params for the rules that keep none: most of them)
         scalar_state = _ScalarStateSnapshot([self.state[param][name] for param in params
-                                             for name in rule.scalar_state])
+                                             for name in rule.scalar_state] if rule.scalar_state else [])
         # group-level state (Schedule-Free's `k`, `weight_sum`, ...) lives in the group's dict, as the reference
         # keeps it: advanced once for the whole group, written back only once the update succeeded
         group_values = rule.advance_group_state(group_step.group, group_step.hyperparameters)
