@@ -305,3 +305,24 @@ def test_state_replaced_between_steps_is_what_the_next_step_uses(backend, edit):
     for expected, actual in zip(reference_params, params, strict=True):
         for name, value in reference.state[expected].items():
             torch.testing.assert_close(optimizer.state[actual][name], value, rtol=RTOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls, kwargs, name", [("Adagrad", {"initial_accumulator_value": 0.25}, "sum"),
+                                               ("Adam", {}, "exp_avg")])
+def test_a_groups_state_is_created_as_views_of_one_buffer_in_the_constructor_and_in_a_step(backend, cls, kwargs,
+                                                                                           name):
+    """Adagrad creates its state in its constructor, the others in their first step: both ways, a group's plain
+    params get their state as views of one buffer per name (their metadata together: the per-step pointer
+    pass stays cheap, docs/reliability.md), with torch's values."""
+    reference_params, reference, params, optimizer = twins(backend, cls, sizes=((4, 3), (5,), (2, 2)), **kwargs)
+    if cls == "Adam":
+        reference.step()
+        optimizer.step()
+    storages = {optimizer.state[param][name].untyped_storage().data_ptr() for param in params}
+    assert len(storages) == 1
+    for expected, actual in zip(reference_params, params, strict=True):
+        torch.testing.assert_close(optimizer.state[actual][name], reference.state[expected][name])
+    reference.step()
+    optimizer.step()
+    for expected, actual in zip(reference_params, params, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=RTOL, atol=1e-7)

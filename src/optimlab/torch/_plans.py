@@ -320,7 +320,7 @@ def _build_plan(optimizer: Optimizer, group: dict[str, Any], rule: Rule, hyperpa
     keeps_state = optimizer.counts_steps or bool(active)
     states = [optimizer.state[param] if keeps_state else {} for param in params]
     before = [{name for name, value in state.items() if value is not None} for state in states]
-    _allocate_state(params, states, group, rule, hyperparameters)
+    allocate_state(params, states, group, rule, hyperparameters)
     for param, state in zip(params, states, strict=True):
         ensure_state(optimizer, param, state, group, rule, hyperparameters)
     created = [[name for name in state if name not in known] for state, known in zip(states, before, strict=True)]
@@ -343,7 +343,7 @@ def _build_plan(optimizer: Optimizer, group: dict[str, Any], rule: Rule, hyperpa
     return plan, created
 
 
-def _allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+def allocate_state(params: list[torch.Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
                     rule: Rule, hyperparameters: Mapping[str, Any]) -> None:
     """Create the missing state of plain contiguous real params as views of one buffer per name and dtype.
 

@@ -328,10 +328,13 @@ class Optimizer(torch.optim.Optimizer):
             tensor.index_put_(index, updated)
 
     def _initialize_all_state(self) -> None:
-        """Create every param's state now, as PyTorch's Adagrad does in its constructor."""
+        """Create every param's state now, as PyTorch's Adagrad does in its constructor (plain params' state
+        tensors as views of one buffer per name, as a step's plan creates them: `_plans.allocate_state`)."""
         for group in self.param_groups:
             rule, hyperparameters = self.rule_for(group)
-            for param in group["params"]:
+            params = group["params"]
+            _plans.allocate_state(params, [self.state[param] for param in params], group, rule, hyperparameters)
+            for param in params:
                 _plans.ensure_state(self, param, self.state[param], group, rule, hyperparameters)
 
     # --- state dicts ---------------------------------------------------------------------------------
