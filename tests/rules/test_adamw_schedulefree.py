@@ -128,3 +128,19 @@ def test_a_whole_warmup_count_given_as_a_float_is_the_count():
 def test_invalid_hyperparameters_are_refused_by_name(bad, message):
     with pytest.raises(ValueError, match=f"Invalid {message}"):
         RULE.defaults(**bad)
+
+
+def test_group_state_powers_are_python_floats_bits_for_any_array_shape():
+    """The lab's per-config arrays take the same power as a Python float, whatever their shapes (NumPy's
+    vectorized `power` gives 0.1 ** 2.0 = 0.01 for a (1, 1) array on AVX-512 builds, not 0.010000000000000002)."""
+    import numpy as np
+
+    from optimlab.rules.adamw_schedulefree import _power
+
+    bases = np.geomspace(1e-3, 1.0, 7)
+    for shape in ((1, 1), (7, 1)):
+        column = np.broadcast_to(bases[: shape[0]].reshape(-1, 1), shape)
+        for exponent in (2.0, 0.5, 3.0, np.array([[2.0]])):
+            expected = [float(b) ** float(np.asarray(exponent).item()) for b in column.ravel()]
+            assert _power(column, exponent).ravel().tolist() == expected
+    assert _power(0.1, 2.0) == 0.1 ** 2.0 and _power(3, 0.0) == 1.0

@@ -45,6 +45,25 @@ def update(param, grad, z, exp_avg_sq, exp_avg, beta2, bias_correction2, eps, in
     return param, z, exp_avg_sq, exp_avg
 
 
+def _power(base, exponent):
+    """`base ** exponent`, for a lab sweep's per-config arrays element by element through Python's float power.
+
+    NumPy's vectorized `power` (builds with AVX-512 kernels) is not correctly rounded and is picked by the
+    operands' shapes: 0.1 ** 2.0 gives 0.01 as a (1, 1) array and 0.010000000000000002 broadcast over (7, 1),
+    so a configuration would not compute the same bits alone as in a sweep. Python floats and tensors (the
+    PyTorch front end's group state) go through `**` as they are.
+    """
+    if type(base).__module__ == "numpy" or type(exponent).__module__ == "numpy":
+        import numpy
+
+        return numpy.frompyfunc(_python_power, 2, 1)(base, exponent).astype(numpy.float64)
+    return base ** exponent
+
+
+def _python_power(base, exponent):
+    return float(base) ** float(exponent)
+
+
 def group_update(group_state, hyperparameters) -> dict[str, Any]:
     """k ← k + 1 and, from the step's scheduled lr γ_k, γ_max and W (Python floats, or a sweep's arrays)."""
     k = group_state["k"]
@@ -52,14 +71,14 @@ def group_update(group_state, hyperparameters) -> dict[str, Any]:
     # (k + 1) / warmup_steps while k < warmup_steps, else 1: the same values as the reference's branch
     scheduled_lr = hyperparameters["lr"] * minimum((k + 1) / maximum(warmup_steps, 1), 1.0)
     lr_max = maximum(scheduled_lr, group_state["lr_max"])
-    weight = ((k + 1) ** hyperparameters["r"]) * (lr_max ** hyperparameters["weight_lr_power"])
+    weight = _power(k + 1, hyperparameters["r"]) * _power(lr_max, hyperparameters["weight_lr_power"])
     return {"k": k + 1, "weight_sum": group_state["weight_sum"] + weight, "lr_max": lr_max,
             "scheduled_lr": scheduled_lr}
 
 
 def averaging_weight(k, weight_sum, lr_max, r, weight_lr_power):
     """c = w_k / W_k, 0 where W_k = 0 (lr 0: the reference's `ZeroDivisionError` branch); `k` already advanced."""
-    weight = (k ** r) * (lr_max ** weight_lr_power)
+    weight = _power(k, r) * _power(lr_max, weight_lr_power)
     empty = weight_sum == 0
     return where(empty, 0.0, weight / where(empty, 1.0, weight_sum))
 
