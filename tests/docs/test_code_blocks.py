@@ -63,6 +63,8 @@ QUICK = {
     "optimlab bench --reps 7 --markdown": "optimlab bench --quick --optimizer sgd --reps 1 --warmup 0 --markdown",
     ".venv/bin/python benchmarks/bench_before_after.py --reps 11":
         ".venv/bin/python benchmarks/bench_before_after.py --quick -o sgd -w many --reps 1 --warmup 1",
+    ".venv/bin/python benchmarks/loop_placement.py --reps 21":
+        ".venv/bin/python benchmarks/loop_placement.py --numel 100000 --pads 1 --reps 1",
 }
 
 
