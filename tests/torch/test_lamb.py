@@ -10,13 +10,15 @@ import torch
 import optimlab.numpy
 import optimlab.torch
 from optimlab.lab import sweep
+from optimlab.rules import REGISTRY
 
 SETTINGS = [pytest.param({"lr": 0.01}, id="default"),
             pytest.param({"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-4, "weight_decay": 0.1}, id="weight_decay")]
 
 
-def reference(params, gradients, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
-    """Algorithm 2, element by element in Python floats: each tensor is a list of numbers."""
+def reference(params, gradients, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, trust_ratios=None):
+    """Algorithm 2, element by element in Python floats: each tensor is a list of numbers. `trust_ratios`, where
+    given, receives each step's trust ratio of each tensor."""
     beta1, beta2 = betas
     params = [list(map(float, param)) for param in params]
     exp_avgs = [[0.0] * len(param) for param in params]
@@ -32,6 +34,8 @@ def reference(params, gradients, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=
             param_norm = math.sqrt(sum(x * x for x in theta))
             update_norm = math.sqrt(sum(x * x for x in u))
             trust = param_norm / update_norm if param_norm > 0 and update_norm > 0 else 1.0
+            if trust_ratios is not None:
+                trust_ratios.append(trust)
             for i in range(len(theta)):
                 theta[i] -= lr * trust * u[i]
     return params
@@ -83,6 +87,22 @@ def test_a_lab_sweep_takes_each_configuration_as_its_own_tensor():
     for index, lr in enumerate(lrs):
         (expected,) = reference([start], [[g] for g in _ellipse_gradients(swept.path[:, index])], lr)
         np.testing.assert_allclose(swept.path[-1, index], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("start", [None, (0.0, 0.0)], ids=["surface_start", "origin"])
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_the_trace_shows_each_steps_trust_ratio(settings, start):
+    """`optimlab trace lamb`, the lab and the playground show r_t, the paper's ‖θ_{t−1}‖ / ‖u_t‖ of each step
+    (1 at the first step from θ = 0), per configuration of a sweep."""
+    lrs = [settings["lr"], 3 * settings["lr"]]
+    swept = sweep("ellipse", "lamb", {**settings, "lr": lrs}, start=start, steps=12, record_trace=True)
+    for index, lr in enumerate(lrs):
+        ratios = []
+        reference([swept.path[0, index]], [[g] for g in _ellipse_gradients(swept.path[:, index])],
+                  **{**settings, "lr": lr}, trust_ratios=ratios)
+        np.testing.assert_allclose(swept.trace["trust_ratio"][:, index, 0], ratios, rtol=1e-12)
+        np.testing.assert_array_equal(swept.trace["trust_ratio"][:, index, 0], swept.trace["trust_ratio"][:, index, 1])
+    assert "trust_ratio" in REGISTRY["lamb"].trace_scalars
 
 
 def _ellipse_gradients(path):

@@ -179,10 +179,13 @@ def descend(optimizer: str, hyperparameters: Mapping[str, Any] | None, start: Se
         state.update(rule.initial_group_state(columns))  # the configs are one group each, stepping together
         for t in range(1, steps + 1):
             grad = gradient(t, point)
-            point, state = rule.step(point, grad, state, t, columns, tensor_axes=(-1,))  # a config is a tensor
+            per_tensor: dict[str, Any] = {}  # the step's per-tensor coefficients (LAMB's trust ratio), per config
+            point, state = rule.step(point, grad, state, t, columns, tensor_axes=(-1,),  # a config is a tensor
+                                     record=per_tensor if record_trace else None)
             path[t] = point
             if record_trace:
-                _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns)}, point.shape)
+                _record(trace, t, steps, {"g": grad, **rule.trace(t, grad, state, columns), **per_tensor},
+                        point.shape)
     if record_trace:
         trace["update"] = np.diff(path, axis=0)
     return Descent(optimizer.lower(), validated, varied, path, trace)

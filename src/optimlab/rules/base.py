@@ -203,14 +203,16 @@ class Rule:
         return merged
 
     def step(self, param: Any, grad: Any, state: Mapping[str, Any], step: int, hyperparameters: Mapping[str, Any],
-             tensor_axes: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
+             tensor_axes: tuple[int, ...] | None = None,
+             record: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """One update evaluated directly (NumPy arrays, tensors, floats): `(new_param, new_state)`.
 
         `state` maps the active state names (and the scalar state) to values; `step` counts from 1.
         Reductions sum over the whole of `param`, or over `tensor_axes` only (a lab sweep's rows are its
         tensors, one per configuration); `param` is its own group (see `step_group`), so `state` also holds
         the group state (`group_state`), and `new_state` its advanced values. A tensor stage takes the whole
-        of `param` (no `tensor_axes`).
+        of `param` (no `tensor_axes`). `record`, where given, receives the step's per-tensor coefficients
+        (`tensor_coefficients`, e.g. LAMB's trust ratio): what a trace shows of stages (a), (c) and (f).
         """
         missing = [name for name in self.group_state if name not in state]
         if missing:
@@ -218,24 +220,30 @@ class Rule:
                              f"start it from initial_group_state)")
         group_state = {name: state[name] for name in self.group_state}
         ((new_param, new_state),) = self.step_group([param], [grad], [state], [step], hyperparameters, tensor_axes,
-                                                    group_state=group_state)
+                                                    group_state=group_state,
+                                                    records=None if record is None else [record])
         return new_param, new_state
 
     def step_group(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
                    steps: Sequence[int], hyperparameters: Mapping[str, Any],
                    tensor_axes: tuple[int, ...] | None = None,
-                   group_state: Mapping[str, Any] | None = None) -> list[tuple[Any, dict[str, Any]]]:
+                   group_state: Mapping[str, Any] | None = None,
+                   records: Sequence[dict[str, Any]] | None = None) -> list[tuple[Any, dict[str, Any]]]:
         """One update of a param group evaluated directly: `(new_param, new_state)` per param, as `step`.
 
         Each param has its own state and step count (`steps`, one each); a group reduction's total
         (`group_reductions`) is summed over all of `params` before any `finish` (`group_totals`). The group
         state (`group_state`, required where the rule has some) is advanced once, for the whole group; each
-        `new_state` holds its advanced values (the same for every param).
+        `new_state` holds its advanced values (the same for every param). `records`, where given (one dict per
+        param), receive each param's per-tensor coefficients, as `step`'s `record`.
         """
+        if records is not None and len(records) != len(params):
+            raise ValueError(f"{self.name}: {len(records)} records for {len(params)} params")
         if params:  # torch's choice: the dtype of the group's first param resolves it for all of them
             hyperparameters = self.hyperparameters_for(hyperparameters, dtype_of(params[0]))
         if self.for_shape is not None:
-            return self._step_by_shape(params, grads, states, steps, hyperparameters, tensor_axes, group_state)
+            return self._step_by_shape(params, grads, states, steps, hyperparameters, tensor_axes, group_state,
+                                       records)
         if self.group_state and group_state is None:
             raise ValueError(f"{self.name}: step_group needs the group state {self.group_state} (group_state=...)")
         group_values = self.advance_group_state(group_state or {}, hyperparameters)
@@ -270,6 +278,8 @@ class Rule:
             for index, (param, grad, arguments, per_step, _) in enumerate(work):
                 staged = self.tensor_stage(param, grad, *arguments, *per_step)
                 per_tensor[index] = [in_dtype_of(staged[name], param) for name in self.tensor_coefficients]
+        for record, values in zip(records or (), per_tensor, strict=False):
+            record.update(zip(self.tensor_coefficients, values, strict=True))
         results = []
         for (param, grad, arguments, per_step, scalars), extra, finished in zip(work, per_tensor, axis, strict=True):
             new_param, *new_state = self.update(param, grad, *arguments, *per_step, *self._axis_arguments(finished),
@@ -299,7 +309,8 @@ class Rule:
     def _step_by_shape(self, params: Sequence[Any], grads: Sequence[Any], states: Sequence[Mapping[str, Any]],
                        steps: Sequence[int], hyperparameters: Mapping[str, Any],
                        tensor_axes: tuple[int, ...] | None,
-                       group_state: Mapping[str, Any] | None) -> list[tuple[Any, dict[str, Any]]]:
+                       group_state: Mapping[str, Any] | None,
+                       records: Sequence[dict[str, Any]] | None = None) -> list[tuple[Any, dict[str, Any]]]:
         """`step_group` where params of different shapes run different rules (`for_shape`): each rule steps
         its params, results in the params' order. (A rule with `for_shape` has no group state of its own to
         advance once: `check_contract` refuses the two together.)"""
@@ -308,9 +319,10 @@ class Rule:
             by_rule.setdefault(self.rule_for_shape(tuple(getattr(param, "shape", ()))), []).append(index)
         results: list[Any] = [None] * len(params)
         for rule, indices in by_rule.items():
+            own_records = None if records is None else [records[i] for i in indices]
             stepped = rule.step_group([params[i] for i in indices], [grads[i] for i in indices],
                                       [states[i] for i in indices], [steps[i] for i in indices], hyperparameters,
-                                      tensor_axes, group_state)
+                                      tensor_axes, group_state, own_records)
             for index, result in zip(indices, stepped, strict=True):
                 results[index] = result
         return results

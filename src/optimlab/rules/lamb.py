@@ -68,7 +68,8 @@ def validate(hyper) -> None:
 
 
 def trace(step, grad, state, hyperparameters) -> dict[str, Any]:
-    """m_t and v_t (the trust ratio is per tensor: see `finish`)."""
+    """m_t and v_t; the lab's trace adds the trust ratio r_t, `finish`'s per-tensor coefficient (`Rule.step`'s
+    `record`)."""
     return {"m": state["exp_avg"], "v": state["exp_avg_sq"]}
 
 

@@ -79,7 +79,7 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in (
           trace_scalars=("mu_t", "mu_product")),
     Entry("lamb", lamb.RULE, {}, "LAMB", "#7f7f7f", "LAMB",
           "LAMB: Adam's direction u (+ λθ) scaled per tensor by the trust ratio ‖θ‖ / ‖u‖.", "LAMB",
-          {"m": "m_t", "v": "v_t"}, numpy_lr=1e-3),
+          {"m": "m_t", "v": "v_t", "trust_ratio": "r_t"}, numpy_lr=1e-3, trace_scalars=("trust_ratio",)),
     Entry("adamw_schedulefree", adamw_schedulefree.RULE, {}, "Schedule-Free AdamW", "#aec7e8", "AdamWScheduleFree",
           "Schedule-Free AdamW: y between AdamW's iterate z and the average x, no lr schedule (the param is y).",
           "AdamWScheduleFree", {"z": "z_t", "v": "v_t", "c": "c_t", "lr_t": "γ_t"}, numpy_lr=0.0025,
