@@ -7,7 +7,8 @@ on a given backend — under the same parallelism, and asserts the results agree
 * `fsdp2_*`: `fully_shard` (params are `DTensor` shards), each optimizer (SGD with Nesterov momentum,
   Adagrad, RMSprop, Adam, AdamW);
 * `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
-  tensors under DDP: each shard's trust ratio must be the whole tensor's (partial sums all-reduced);
+  tensors under DDP, optimlab's eager and the paper's written in float64 (`lamb_reference.py`): each shard's
+  trust ratio must be the whole tensor's (partial sums all-reduced);
 * `fsdp2_schedulefree_*`: Schedule-Free AdamW on `fully_shard`-ed params (z sharded with them, uneven shards,
   an empty one) against the `schedulefree` package on the whole tensors under DDP, in train and eval mode;
 * `fsdp2_adafactor_*`: Adafactor on `fully_shard`-ed params (matrices with uneven shards and an empty one, a
@@ -178,6 +179,14 @@ def fsdp2_lamb(rank: int, world_size: int, workdir: Path, *, backend: str) -> No
     train(wrapped, optimlab.torch.LAMB(wrapped.parameters(), backend="eager", **settings), rank, range(STEPS))
     assert_matches_torch(sharded, {name: param.detach() for name, param in whole.named_parameters()},
                          "LAMB params trained on FSDP2 shards against the whole tensors under DDP", backend)
+    # and against LAMB written from the paper in float64 (lamb_reference.py), nothing of optimlab's in it
+    from lamb_reference import PaperLAMB
+
+    paper = tiny_model()
+    wrapped = DistributedDataParallel(paper)
+    train(wrapped, PaperLAMB(wrapped.parameters(), **settings), rank, range(STEPS))
+    assert_matches_torch(sharded, {name: param.detach() for name, param in paper.named_parameters()},
+                         "LAMB params trained on FSDP2 shards against the paper's LAMB (float64) under DDP", backend)
 
 
 def fsdp2_schedulefree(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
