@@ -46,8 +46,8 @@ def _numpy(params, gradients, present):
     return [arrays[index] for index in range(len(params))]
 
 
-def _assert_close(actual, expected, dtype, what):
-    rtol = 1e-12 if dtype == torch.float64 else 2e-6
+def _assert_close(actual, expected, dtype, what, float64_rtol=1e-12):
+    rtol = float64_rtol if dtype == torch.float64 else 2e-6
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=rtol,
                                msg=lambda message: f"{what}: {message}")
 
@@ -66,9 +66,14 @@ def test_equals_clip_grad_norm_then_sgd_on_every_backend(backend, kind):
     """One group's global norm over tensors from empty to several chunks, float32 and float64 together."""
     params, gradients, ours, theirs = _run_both(backend, DTYPES[kind], lambda t: range(len(SHAPES)))
     expected = _numpy(params, gradients, lambda t: range(len(SHAPES)))
+    # In a mixed group the global norm holds float32 tensors' sums, which torch (per tensor) and each backend
+    # (per chunk) round in float32 in their own order: torch's float64 params are themselves 1e-12 from the
+    # float64 NumPy reference there, so the float64 params are held to 1e-11.
+    float64_rtol = 1e-11 if kind == "mixed" else 1e-12
     for index, (actual, want, array) in enumerate(zip(ours, theirs, expected, strict=True)):
-        _assert_close(actual.detach(), want.detach(), actual.dtype, f"param {index} against torch")
-        _assert_close(actual.detach(), torch.from_numpy(array), actual.dtype, f"param {index} against NumPy")
+        _assert_close(actual.detach(), want.detach(), actual.dtype, f"param {index} against torch", float64_rtol)
+        _assert_close(actual.detach(), torch.from_numpy(array), actual.dtype, f"param {index} against NumPy",
+                      float64_rtol)
         assert actual.dtype == DTYPES[kind][index]
 
 
