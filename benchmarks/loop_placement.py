@@ -9,14 +9,17 @@ the compiler places the hot loop and nothing it executes. Every contender runs t
 the same DRAM-resident params and gradients (default: the gpt2 workload's 124 M elements, far beyond the
 caches), on one thread, interleaved (`optimlab.bench.rotations`), beside torch's `_foreach_add_` (the same
 update) and the machine's streaming roofline (`optimlab.bench.roofline`), both measured in the same run.
+The control is a second compile of this checkout's driver, a function of its own at another address: what it
+shares with the first is its layout, nothing else.
 
 It prints, per contender, the median ms per pass, the median per-repetition ratio to this checkout's driver
 (`after`), the hot loop's offset in the compiled function and its length (with objdump), and whether its
-instructions equal `after`'s but for register names. On the Intel Xeon this was written on (2026-12-03),
+instructions equal `after`'s but for register numbers. On the Intel Xeon this was written on (2026-12-03),
 the hot loops of `before`, `after` and every pad are the same instructions; `after` and e45cbf6's differ
 only in where LLVM placed the loop (e45cbf6's rule had a runtime `weight_decay != 0` test, which LLVM
-unswitched, where this checkout's has the derived flag `use_weight_decay`), and `after` is 5-7 % slower
-than `before` and than every padded copy: a placement effect of this CPU, not work the new kernel does.
+unswitched, where this checkout's has the derived flag `use_weight_decay`); `after` and its second compile
+are 3-5 % slower than `before` and than every padded copy: an effect of the layout on this CPU, not of work
+the new kernel does.
 
     .venv/bin/python benchmarks/loop_placement.py [--before e45cbf6] [--pads 4] [--reps 15] [--numel N]
 """
@@ -51,7 +54,7 @@ ELEMENT_LOOP = "        for i in range(size):\n"
 
 def compiled(source: str, name: str) -> Any:
     """The `step` of a generated driver module, compiled from `source` here (not from any disk cache)."""
-    namespace: dict[str, Any] = {"__name__": f"loop_placement_{name}"}
+    namespace: dict[str, Any] = {"__name__": "loop_placement_" + re.sub(r"\W", "_", name)}
     exec(compile(source.replace("cache=True, ", ""), f"<loop_placement {name}>", "exec"), namespace)  # noqa: S102
     return namespace["step"]
 
@@ -81,8 +84,10 @@ def sgd_sources(before_commit: str, directory: Path) -> dict[str, str]:
 
 
 def _without_registers(instruction: str) -> str:
-    """An instruction with register names, zero displacements and jump targets blanked out."""
-    instruction = re.sub(r"%[a-z0-9]+", "%r", instruction).replace("0x0(", "(")
+    """An instruction with register numbers (not the vector registers' widths), zero displacements and jump
+    targets blanked out."""
+    instruction = re.sub(r"%([xyz]mm)\d+", r"%\1", instruction)
+    instruction = re.sub(r"%(?![xyz]mm\b)[a-z][a-z0-9]*", "%r", instruction).replace("0x0(", "(")
     return re.sub(r"^(j[a-z]+\s+)0x[0-9a-f]+$", r"\1L", instruction)
 
 
@@ -103,12 +108,12 @@ def hot_loop(step: Any) -> tuple[int, int, list[str]] | None:
     instructions = [(int(parts[0].strip().rstrip(":"), 16), parts[-1].strip()) for parts in lines if len(parts) == 3]
     for position, (offset, text) in enumerate(instructions):
         if text.startswith("vmovups %ymm"):  # the first wide store: inside the hot loop
-            for end_offset, end_text in instructions[position:position + 16]:
+            for index, (end_offset, end_text) in enumerate(instructions[position:position + 16], position):
                 match = re.match(r"jne\s+0x([0-9a-f]+)", end_text)
                 if match and int(match.group(1), 16) < offset:
                     start = int(match.group(1), 16)
                     body = [_without_registers(text) for at, text in instructions if start <= at <= end_offset]
-                    return start, end_offset + 2 - start, body
+                    return start, instructions[index + 1][0] - start, body
     return None
 
 
@@ -133,6 +138,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         sources = sgd_sources(arguments.before, Path(directory))
+        # the control: the same source compiled again, a function of its own at another address
+        sources["after, compiled again"] = sources["after"]
         sources.update({f"after+{count}": padded(sources["after"], count) for count in range(1, arguments.pads + 1)})
         steps = {name: compiled(source, name) for name, source in sources.items()}
         for step in steps.values():

@@ -8,6 +8,7 @@ which took the suite from ~4.5 to ~8.5 minutes on 2 cores. The dev extra caps py
 handles it; this test runs a small session the way `make test` does and fails if the grouping is gone.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,19 +20,17 @@ import pytest
 pytest.importorskip("xdist")
 
 MODULE = '''
-import os
-
 import pytest
 
 
 @pytest.fixture(scope="module")
 def shared():
-    return os.getpid()
+    """Its scope is what matters: tests/conftest.py groups the tests that use it."""
 
 
 @pytest.mark.parametrize("index", range(8))
 def test_grouped(shared, index):
-    assert shared == os.getpid()
+    pass
 
 
 @pytest.mark.parametrize("index", range(8))
@@ -44,9 +43,10 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path: Path) -> Non
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_shared.py").write_text(MODULE)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    environment = {name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"}  # -v stays
     result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-n", "2", "--dist", "loadgroup",
                              "-p", "no:cacheprovider", "-p", "no:randomly", str(tmp_path)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=environment)
     assert result.returncode == 0, result.stdout + result.stderr
     workers = {match.group(2): match.group(1)
                for match in re.finditer(r"\[(gw\d+)\].*PASSED \S*::(test_\w+\[\d+\])", result.stdout)}

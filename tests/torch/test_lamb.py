@@ -10,6 +10,7 @@ import torch
 import optimlab.numpy
 import optimlab.torch
 from optimlab.lab import sweep
+from optimlab.lab.surfaces import SURFACES
 from optimlab.rules import REGISTRY
 
 SETTINGS = [pytest.param({"lr": 0.01}, id="default"),
@@ -89,19 +90,25 @@ def test_a_lab_sweep_takes_each_configuration_as_its_own_tensor():
         np.testing.assert_allclose(swept.path[-1, index], expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("start", [None, (0.0, 0.0)], ids=["surface_start", "origin"])
+@pytest.mark.parametrize(("surface", "start"), [("ellipse", None), ("rosenbrock", (0.0, 0.0))],
+                         ids=["ellipse", "rosenbrock_from_the_origin"])
 @pytest.mark.parametrize("settings", SETTINGS)
-def test_the_trace_shows_each_steps_trust_ratio(settings, start):
-    """`optimlab trace lamb`, the lab and the playground show r_t, the paper's ‖θ_{t−1}‖ / ‖u_t‖ of each step
-    (1 at the first step from θ = 0), per configuration of a sweep."""
+def test_the_trace_shows_each_steps_trust_ratio(settings, surface, start):
+    """`optimlab trace lamb`, the lab and the playground show r_t, the paper's ‖θ_{t−1}‖ / ‖u_t‖ of each step,
+    per configuration of a sweep; from the origin of Rosenbrock's (∇f = (−2, 0) there) the first step has
+    ‖θ‖ = 0 and ‖u‖ > 0, so r_1 = 1, and every later step a ratio of its own."""
     lrs = [settings["lr"], 3 * settings["lr"]]
-    swept = sweep("ellipse", "lamb", {**settings, "lr": lrs}, start=start, steps=12, record_trace=True)
+    swept = sweep(surface, "lamb", {**settings, "lr": lrs}, start=start, steps=12, record_trace=True)
+    gradient = SURFACES[surface].gradient
     for index, lr in enumerate(lrs):
         ratios = []
-        reference([swept.path[0, index]], [[g] for g in _ellipse_gradients(swept.path[:, index])],
+        reference([swept.path[0, index]], [[gradient(point)] for point in swept.path[:-1, index]],
                   **{**settings, "lr": lr}, trust_ratios=ratios)
         np.testing.assert_allclose(swept.trace["trust_ratio"][:, index, 0], ratios, rtol=1e-12)
         np.testing.assert_array_equal(swept.trace["trust_ratio"][:, index, 0], swept.trace["trust_ratio"][:, index, 1])
+        assert len(set(ratios[1:])) == len(ratios) - 1  # a ratio of each step, not one value throughout
+    if start == (0.0, 0.0):
+        assert swept.trace["trust_ratio"][0, :, 0].tolist() == [1.0, 1.0]
     assert "trust_ratio" in REGISTRY["lamb"].trace_scalars
 
 
