@@ -5,7 +5,7 @@ on a given backend — under the same parallelism, and asserts the results agree
 
 * `ddp_*`: `DistributedDataParallel`, AdamW;
 * `fsdp2_*`: `fully_shard` (params are `DTensor` shards), each optimizer (SGD with Nesterov momentum,
-  Adagrad, RMSprop, Adam, AdamW);
+  Adagrad, RMSprop, Adam, AdamW, NAdam with its per-param scalar state `mu_product`);
 * `fsdp2_lamb_*`: LAMB on `fully_shard`-ed params (uneven shards, an empty one) against LAMB on the whole
   tensors under DDP, optimlab's eager and the paper's written in float64 (`lamb_reference.py`): each shard's
   trust ratio must be the whole tensor's (partial sums all-reduced);
@@ -54,7 +54,10 @@ CONFIGS = {
     "Adam": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.01},
     "AdamW": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1},
     "RMSprop": {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True},
+    "NAdam": {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.01, "momentum_decay": 6e-3},
 }
+#: Per-param scalar state (0-dim tensors, the same in every rank, as torch keeps them): not sharded.
+SCALAR_STATE = ("step", "mu_product")
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -159,7 +162,8 @@ def fsdp2(rank: int, world_size: int, workdir: Path, *, backend: str) -> None:
             train(model, optimizer, rank, range(STEPS))
             for state in optimizer.state.values():
                 for key, value in state.items():
-                    assert key == "step" or isinstance(value, DTensor), f"{kind} {name}: state {key!r} is not sharded"
+                    assert key in SCALAR_STATE or isinstance(value, DTensor), \
+                        f"{kind} {name}: state {key!r} is not sharded"
             results[kind] = params_of(model), state_of(model, optimizer)
         assert_matches_torch(results[backend][0], results["torch"][0],
                              f"{name} local param shards after FSDP2 training", backend)
